@@ -1,0 +1,3 @@
+from faceseg.cli import main
+
+raise SystemExit(main())

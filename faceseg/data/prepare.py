@@ -1,0 +1,186 @@
+"""`faceseg prepare`: Ray Data preprocessing of a data set into the Parquet cache (CONVENTIONS section 3).
+
+   discovered samples --from_items--> map_batches(decode, resize) --write_parquet--> CACHE/<split>/
+                                             |
+                                             +--> Tally actor: bad files, rows, class pixel counts
+
+The cache is built in a temporary sibling folder and renamed into place at the end, so a failed or
+interrupted run never leaves a half-written cache.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+import faceseg
+from faceseg.data.decode import BadFileError, class_pixel_counts, load_sample
+from faceseg.data.layouts import SPLITS, Sample, Source, hold_out_validation
+from faceseg.labels import LABEL_NAMES, NUM_CLASSES
+
+BATCH_SIZE = 16
+MANIFEST = "manifest.json"
+
+
+class PrepareError(ValueError):
+    pass
+
+
+@ray.remote(num_cpus=0)
+class Tally:
+    """Collects what the decode tasks saw: bad files, good rows and class pixel counts per split."""
+
+    def __init__(self):
+        self.problems: list[tuple[str, str]] = []
+        self.rows: dict[str, int] = {}
+        self.pixels: dict[str, np.ndarray] = {}
+
+    def add(self, split: str, rows: int, pixels: np.ndarray, problems: list) -> None:
+        self.rows[split] = self.rows.get(split, 0) + rows
+        self.pixels[split] = self.pixels.get(split, np.zeros(NUM_CLASSES, np.int64)) + pixels
+        self.problems.extend(problems)
+
+    def result(self) -> tuple[dict, dict, list]:
+        return self.rows, self.pixels, self.problems
+
+
+def _empty_batch(size: int) -> dict:
+    return {"image": np.zeros((0, size, size, 3), np.uint8), "mask": np.zeros((0, size, size), np.uint8),
+            "name": np.array([], dtype=object), "height": np.zeros(0, np.int32),
+            "width": np.zeros(0, np.int32), "split": np.array([], dtype=object)}
+
+
+def decode_batch(batch: dict, source: Source, size: int, tally) -> dict:
+    """Ray Data map_batches: rows of sample fields -> rows of uint8 tensors; bad files go to the tally."""
+    rows, problems = [], []
+    for i in range(len(batch["name"])):
+        sample = Sample(**{key: batch[key][i] for key in ("name", "split", "image", "label", "prediction_name")},
+                        parts=tuple((k, p) for k, p in json.loads(batch["parts"][i])))
+        try:
+            rows.append(load_sample(sample, source.remap, size))
+        except BadFileError as error:
+            problems.append((error.path, error.reason))
+    out = _empty_batch(size) if not rows else {
+        "image": np.stack([r["image"] for r in rows]),            # (B, S, S, 3) uint8
+        "mask": np.stack([r["mask"] for r in rows]),              # (B, S, S) uint8 class ids
+        "name": np.array([r["name"] for r in rows], dtype=object),
+        "height": np.array([r["height"] for r in rows], np.int32),
+        "width": np.array([r["width"] for r in rows], np.int32),
+        "split": np.array([r["split"] for r in rows], dtype=object),
+    }
+    split = batch["split"][0] if len(batch["split"]) else "?"
+    ray.get(tally.add.remote(split, len(rows), class_pixel_counts(out["mask"]), problems))
+    return out
+
+
+def _sample_rows(samples: list[Sample]) -> list[dict]:
+    return [{"name": s.name, "split": s.split, "image": s.image, "label": s.label,
+             "prediction_name": s.prediction_name, "parts": json.dumps(s.parts)} for s in samples]
+
+
+@dataclass
+class PrepareSummary:
+    cache: Path
+    counts: dict[str, int]
+    skipped: list[tuple[str, str]]
+    bytes: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return sum(self.counts.values()) / max(self.seconds, 1e-9)
+
+    def format(self) -> str:
+        lines = [f"prepared {sum(self.counts.values())} images in {self.seconds:.1f} s "
+                 f"({self.images_per_second:.1f} images/s), {self.bytes / 2**20:.1f} MiB"]
+        lines += [f"  {split:<5} {n:>7} rows" for split, n in self.counts.items()]
+        if self.skipped:
+            lines.append(f"  skipped {len(self.skipped)} bad file(s) (listed in {MANIFEST})")
+        lines.append(f"cache: {self.cache}")
+        return "\n".join(lines)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
+    if out.exists():
+        if not (out / MANIFEST).is_file() and any(out.iterdir()):
+            raise PrepareError(f"{out}: exists and is not a faceseg cache; refusing to overwrite it")
+        trash = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        out.rename(trash)
+        tmp.rename(out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def report_problems(problems: list[tuple[str, str]], strict: bool, what: str = "file") -> None:
+    for path, reason in problems:
+        print(f"  bad {what}: {path}: {reason}")
+    if problems and strict:
+        raise PrepareError(f"{len(problems)} bad {what}(s) and --strict is set; first: "
+                           f"{problems[0][0]}: {problems[0][1]}")
+
+
+def prepare_cache(source: Source, out: Path | str, size: int = 256, strict: bool = False) -> PrepareSummary:
+    """Decode `source` into the Parquet cache at `out`; returns what was written."""
+    out = Path(out).resolve()
+    start = time.perf_counter()
+    report_problems(source.problems, strict)
+    samples = hold_out_validation(source.samples)
+    if not samples:
+        raise PrepareError(f"{source.root}: no usable image/label pairs found")
+    print(f"{source.layout} data set at {source.root}: {len(samples)} pairs; {source.remap.describe()}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tally = Tally.remote()
+    try:
+        for split in SPLITS:
+            split_samples = [s for s in samples if s.split == split]
+            if not split_samples:
+                continue
+            dataset = ray.data.from_items(_sample_rows(split_samples),
+                                          override_num_blocks=max(1, len(split_samples) // 64))
+            dataset = dataset.map_batches(decode_batch, batch_size=BATCH_SIZE, batch_format="numpy",
+                                          fn_kwargs={"source": source, "size": size, "tally": tally})
+            dataset.write_parquet(str(tmp / split), min_rows_per_file=256)
+        rows, pixels, problems = ray.get(tally.result.remote())
+        report_problems(problems, strict)
+        counts = {split: rows[split] for split in SPLITS if rows.get(split)}
+        for split in SPLITS:
+            if split not in counts:
+                shutil.rmtree(tmp / split, ignore_errors=True)
+        if not counts:
+            raise PrepareError(f"{source.root}: every file was bad; nothing to cache")
+        _write_manifest(tmp, source, size, counts, pixels, source.problems + problems)
+        _replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        ray.kill(tally)
+    return PrepareSummary(out, counts, source.problems + problems, _folder_bytes(out),
+                          time.perf_counter() - start)
+
+
+def _write_manifest(folder: Path, source: Source, size: int, counts: dict, pixels: dict, skipped) -> None:
+    train_pixels = pixels.get("train", sum(pixels.values()))
+    frequency = train_pixels / max(train_pixels.sum(), 1)
+    manifest = {
+        "source": str(source.root), "layout": source.layout, "size": size, "counts": counts,
+        "class_pixel_frequency": {name: round(float(f), 6) for name, f in zip(LABEL_NAMES, frequency)},
+        "label_names": list(LABEL_NAMES), "source_label_names": list(source.remap.source_names),
+        "remap": source.remap.describe(),
+        "skipped": [{"file": path, "reason": reason} for path, reason in skipped],
+        "faceseg_version": faceseg.__version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -1,0 +1,28 @@
+"""Joining or starting the Ray runtime, sized so that train workers and Ray Data tasks cannot deadlock."""
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> None:
+    """Join `address` (or RAY_ADDRESS); else start a local runtime on 127.0.0.1.
+
+    A local runtime advertises the machine's cores PLUS `reserved_cpus` (what trainer workers or Tune
+    trials will hold), so Ray Data always has the real cores left for its tasks. Logical CPUs are
+    only a scheduling budget: the kernel still shares the real cores among the processes.
+    """
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    runtime_env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+        return
+    num_cpus = (os.cpu_count() or 1) + reserved_cpus
+    ray.init(num_cpus=int(round(num_cpus + 0.499)), _node_ip_address="127.0.0.1",
+             include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
