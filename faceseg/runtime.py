@@ -25,4 +25,4 @@ def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> None:
         return
     num_cpus = (os.cpu_count() or 1) + reserved_cpus
     ray.init(num_cpus=int(round(num_cpus + 0.499)), _node_ip_address="127.0.0.1",
-             include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+             dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)

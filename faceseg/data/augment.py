@@ -1,0 +1,86 @@
+"""Training augmentation as batched TensorFlow ops, run inside each worker's tf.data pipeline.
+
+Why there: it is cheap next to the U-Net step, runs on the worker's own CPU threads in parallel with
+the model (tf.data prefetch), and keeps the Parquet cache and Ray Data stages augmentation-free, so
+validation and prediction see exactly the stored pixels.
+
+Levels: none < flip < geometric (flip + scale/rotate/translate) < full (geometric + photometric).
+Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from faceseg.labels import FLIP_LUT
+
+LEVELS = ("none", "flip", "geometric", "full")
+
+
+def _flip(images, masks, gen: tf.random.Generator):
+    """Mirror half of the batch; left and right classes swap in the mirrored label maps."""
+    do = gen.uniform([tf.shape(images)[0]]) < 0.5                     # (B,)
+    flipped_masks = tf.gather(tf.constant(FLIP_LUT), tf.cast(tf.reverse(masks, axis=[2]), tf.int32))
+    images = tf.where(do[:, None, None, None], tf.reverse(images, axis=[2]), images)
+    masks = tf.where(do[:, None, None], flipped_masks, masks)
+    return images, masks
+
+
+def _affine(images, masks, gen: tf.random.Generator):
+    """Random scale 0.8-1.2, rotation +-15 deg, shift +-8%, about the image centre."""
+    b = tf.shape(images)[0]
+    size = tf.cast(tf.shape(images)[1], tf.float32)
+    scale = gen.uniform([b], 0.8, 1.2)
+    angle = gen.uniform([b], -15.0, 15.0) * (math.pi / 180.0)
+    shift = gen.uniform([b, 2], -0.08, 0.08) * size
+    # The transform maps OUTPUT pixel coordinates to INPUT ones, hence the inverse rotation and scale.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    c = (size - 1.0) / 2.0
+    tx = c - cos * (c + shift[:, 0]) + sin * (c + shift[:, 1])
+    ty = c - sin * (c + shift[:, 0]) - cos * (c + shift[:, 1])
+    zeros = tf.zeros([b])
+    transform = tf.stack([cos, -sin, tx, sin, cos, ty, zeros, zeros], axis=1)  # (B, 8)
+    shape = tf.shape(images)[1:3]
+
+    def warp(x, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transform, output_shape=shape,
+                                                     fill_value=0.0, interpolation=interpolation,
+                                                     fill_mode="CONSTANT")
+
+    images = warp(images, "BILINEAR")
+    masks = warp(masks[..., None], "NEAREST")[..., 0]
+    return images, masks
+
+
+def _photometric(images, gen: tf.random.Generator):
+    """Brightness, contrast, saturation, hue-ish channel gains, blur and noise, per image. float32 in [0,255]."""
+    b = tf.shape(images)[0]
+    brightness = gen.uniform([b, 1, 1, 1], -30.0, 30.0)
+    contrast = gen.uniform([b, 1, 1, 1], 0.7, 1.3)
+    saturation = gen.uniform([b, 1, 1, 1], 0.6, 1.4)
+    channel_gain = gen.uniform([b, 1, 1, 3], 0.9, 1.1)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    grey = tf.reduce_mean(images, axis=3, keepdims=True)
+    x = grey + (images - grey) * saturation
+    x = (x - mean) * contrast + mean + brightness
+    x = x * channel_gain
+    blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
+    x = tf.where(gen.uniform([b, 1, 1, 1]) < 0.3, blurred, x)
+    x = x + gen.normal(tf.shape(x)) * gen.uniform([b, 1, 1, 1], 0.0, 8.0)
+    return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def augment_batch(images, masks, level: str, gen: tf.random.Generator):
+    """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented."""
+    if level not in LEVELS:
+        raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
+    if level == "none":
+        return images, masks
+    images, masks = _flip(images, masks, gen)
+    if level in ("geometric", "full"):
+        x, masks = _affine(tf.cast(images, tf.float32), masks, gen)
+        if level == "full":
+            x = _photometric(x, gen)
+        images = tf.cast(tf.round(x), tf.uint8)
+    return images, masks

@@ -1,0 +1,64 @@
+"""U-Net for face parsing, built from stock tf-keras layers only (so saved models load in safe mode)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tf_keras as keras
+from tf_keras import layers
+
+from faceseg.config import ModelConfig
+from faceseg.labels import NUM_CLASSES
+
+
+def _conv_block(x, filters: int, batch_norm: bool, name: str):
+    for i in (1, 2):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _upsample(x, filters: int, mode: str, name: str):
+    if mode == "transpose":
+        return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
+    if mode == "resize":
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
+        return layers.Conv2D(filters, 3, padding="same", name=f"{name}_upconv")(x)
+    raise ValueError(f"model.upsampling must be 'transpose' or 'resize', not {mode!r}")
+
+
+def build_unet(config: ModelConfig, size: int | None = None) -> keras.Model:
+    """uint8 RGB (B, S, S, 3) -> float32 logits (B, S, S, 11). S must be divisible by 2**depth."""
+    if not 3 <= config.depth <= 5:
+        raise ValueError(f"model.depth must be 3..5, not {config.depth}")
+    inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)  # [0, 255] -> [-1, 1]
+    skips = []
+    for level in range(config.depth):
+        x = _conv_block(x, config.base_filters * 2 ** level, config.batch_norm, f"down{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"pool{level}")(x)
+    x = _conv_block(x, config.base_filters * 2 ** config.depth, config.batch_norm, "bottleneck")
+    if config.dropout:
+        x = layers.Dropout(config.dropout, name="dropout")(x)
+    for level in reversed(range(config.depth)):
+        filters = config.base_filters * 2 ** level
+        x = _upsample(x, filters, config.upsampling, f"up{level}")
+        x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters, config.batch_norm, f"up{level}")
+    x = layers.Conv2D(NUM_CLASSES, 1, name="classifier")(x)
+    # Logits stay float32 even under a mixed_float16 policy, for a stable softmax and loss.
+    logits = layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(inputs, logits, name=f"unet_d{config.depth}_f{config.base_filters}")
+
+
+def load_model(path: Path | str) -> keras.Model:
+    """Load a `.keras` model without executing arbitrary code (safe mode: no lambdas, no pickles)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (give a run folder or a .keras file)")
+    return keras.models.load_model(path, compile=False, safe_mode=True)

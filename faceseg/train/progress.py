@@ -1,0 +1,21 @@
+"""A tqdm progress bar over the batches of each epoch (local mode)."""
+from __future__ import annotations
+
+import tf_keras as keras
+from tqdm.auto import tqdm
+
+
+class EpochProgressBar(keras.callbacks.Callback):
+    def __init__(self, steps_per_epoch: int, epochs: int):
+        super().__init__()
+        self.steps, self.epochs, self.bar = steps_per_epoch, epochs, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.bar.close()
