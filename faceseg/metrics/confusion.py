@@ -18,9 +18,9 @@ F1_SETS: dict[str, tuple[str, ...]] = {
 class ConfusionMatrix:
     """counts[g, p] = number of pixels with ground truth g predicted as p."""
 
-    def __init__(self, counts: np.ndarray | None = None):
+    def __init__(self, counts: np.ndarray | None = None, images: int = 0):
         self.counts = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) if counts is None else counts
-        self.images = 0
+        self.images = images
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> "ConfusionMatrix":
         """Accumulate one image (H, W) or a batch (B, H, W) of class ids."""

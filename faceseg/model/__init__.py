@@ -1,4 +1,1 @@
-"""The U-Net (tf-keras), its losses, and safe loading of saved models."""
-from faceseg.model.unet import build_unet, load_model
-
-__all__ = ["build_unet", "load_model"]
+"""The U-Net (`unet`), its losses (`losses`), and saved models (`saved`, importable without TensorFlow)."""

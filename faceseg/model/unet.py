@@ -1,7 +1,6 @@
 """U-Net for face parsing, built from stock tf-keras layers only (so saved models load in safe mode)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tf_keras as keras
@@ -52,13 +51,3 @@ def build_unet(config: ModelConfig, size: int | None = None) -> keras.Model:
     # Logits stay float32 even under a mixed_float16 policy, for a stable softmax and loss.
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"unet_d{config.depth}_f{config.base_filters}")
-
-
-def load_model(path: Path | str) -> keras.Model:
-    """Load a `.keras` model without executing arbitrary code (safe mode: no lambdas, no pickles)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such model file (give a run folder or a .keras file)")
-    return keras.models.load_model(path, compile=False, safe_mode=True)

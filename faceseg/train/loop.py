@@ -21,12 +21,12 @@ import tf_keras as keras
 from faceseg.config import Config, TrainConfig
 from faceseg.data.augment import augment_batch
 from faceseg.metrics import ConfusionMatrix
-from faceseg.model import build_unet
+from faceseg.model.unet import build_unet
 from faceseg.model.losses import make_loss
+from faceseg.model.saved import MODEL_FILE
 from faceseg.train.progress import EpochProgressBar
 from faceseg.train.session import scratch_dir
 
-MODEL_FILE = "model.keras"
 STATE_DIR = "train_state"
 HISTORY_FILE = "metrics.jsonl"
 TABLE_COLUMNS = ("epoch", "loss", "val_loss", "val_pixel_accuracy", "val_mean_iou", "val_f1_overall",

@@ -13,7 +13,8 @@ import faceseg  # noqa: F401
 from faceseg.config import Config
 from faceseg.data.cache import Cache
 from faceseg.runtime import WORKER_ENV, init_ray
-from faceseg.train.loop import HISTORY_FILE, MODEL_FILE, read_history, train_loop, write_history
+from faceseg.model.saved import MODEL_FILE
+from faceseg.train.loop import HISTORY_FILE, read_history, train_loop, write_history
 from faceseg.train.session import BEST_METRIC, LocalSession, RaySession
 
 CONFIG_FILE = "config.yaml"

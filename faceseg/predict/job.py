@@ -1,0 +1,186 @@
+"""`faceseg predict`: the batch-prediction job.
+
+  samples --from_items--> load (decode + resize, the training code)          [CPU tasks]
+          --> Predictor (model loaded ONCE per actor; softmax probabilities)  [actor pool, GPUs optional]
+          --> write (probabilities resized to the ORIGINAL size, argmax, PNG written then renamed,
+                     overlay, per-image confusion matrix against ground truth)  [CPU tasks]
+          --> the driver sums the confusion matrices into report.json
+
+A PNG only ever appears complete (temporary name + rename), so a re-run skips finished images safely.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import ray
+
+import faceseg  # noqa: F401
+from faceseg.data.decode import BadFileError, read_image, read_label, resize_image, write_png_atomic
+from faceseg.data.layouts import DatasetError, Sample, Source, discover, discover_images
+from faceseg.labels import NUM_CLASSES, Remap
+from faceseg.metrics import ConfusionMatrix, format_report
+from faceseg.metrics.evaluate import read_prediction, write_report
+from faceseg.model.saved import load_model, model_input_size, resolve_model
+from faceseg.runtime import init_ray
+
+OVERLAYS = "overlays"
+REPORT = "report.json"
+
+
+@dataclass
+class PredictSummary:
+    output: Path
+    predicted: int
+    skipped: int
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    report: dict | None = None
+
+    def format(self) -> str:
+        rate = self.predicted / self.seconds if self.seconds else 0.0
+        lines = [f"predicted {self.predicted} images in {self.seconds:.1f} s ({rate:.1f} images/s); "
+                 f"{self.skipped} already done; {len(self.failed)} failed"]
+        lines += [f"  bad file: {path}: {reason}" for path, reason in self.failed]
+        if self.report:
+            lines += [format_report(self.report), f"report:   {self.output / REPORT}"]
+        lines.append(f"labels:   {self.output}")
+        return "\n".join(lines)
+
+
+def find_inputs(folder: Path, layout: str) -> Source:
+    """A data set of any layout (scored when it has labels), or else a bare folder of images."""
+    try:
+        return discover(folder, layout, require_labels=False)
+    except DatasetError:
+        if layout != "auto":
+            raise
+        source = discover_images(folder)
+        if not source.samples:
+            raise DatasetError(f"{folder}: no images found") from None
+        return source
+
+
+def load_batch(batch: dict, size: int) -> dict:
+    """Decode and resize as training did; a bad image gets a zero image and its error message."""
+    images, errors = np.zeros((len(batch["image_path"]), size, size, 3), np.uint8), []
+    for i, path in enumerate(batch["image_path"]):
+        try:
+            images[i] = resize_image(read_image(path), size)
+            errors.append("")
+        except BadFileError as error:
+            errors.append(error.reason)
+    return {**batch, "pixels": images, "error": np.array(errors, dtype=object)}
+
+
+class Predictor:
+    """Holds the model for the actor's lifetime: loading it per batch would dominate the job."""
+
+    def __init__(self, model_path: str):
+        import tensorflow as tf
+
+        self.model = load_model(model_path)
+        self.forward = tf.function(lambda x: tf.nn.softmax(self.model(x, training=False)), reduce_retracing=True)
+
+    def __call__(self, batch: dict) -> dict:
+        probs = self.forward(batch.pop("pixels")).numpy()          # (B, S, S, 11) float32
+        return {**batch, "probs": probs.astype(np.float16)}       # half the bytes to move, same argmax
+
+
+def _resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(S, S, C) -> (H, W) class ids: interpolate probabilities, THEN argmax (sharper than resizing ids)."""
+    channels = [cv2.resize(probs[..., c].astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+                for c in range(probs.shape[-1])]
+    return np.argmax(np.stack(channels, axis=-1), axis=-1).astype(np.uint8)
+
+
+def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
+    """Resize back, write PNGs (and overlays), score against ground truth; returns small result rows."""
+    from faceseg.predict.overlay import make_overlay
+
+    out = Path(output)
+    n = len(batch["image_path"])
+    confusion = np.zeros((n, NUM_CLASSES * NUM_CLASSES), np.int64)
+    errors = list(batch["error"])
+    for i in range(n):
+        if errors[i]:
+            continue
+        sample = Sample(**{k: batch[k][i] for k in ("name", "split", "prediction_name")},
+                        image=batch["image_path"][i], label=batch["label"][i],
+                        parts=tuple(tuple(p) for p in json.loads(batch["parts"][i])))
+        try:
+            image = read_image(sample.image)
+            gt = read_label(sample, remap) if sample.has_label else None
+            height, width = (gt.shape if gt is not None else image.shape[:2])  # score at the GT's resolution
+            pred = _resize_probs(batch["probs"][i], height, width)
+            write_png_atomic(out / sample.prediction_name, pred)
+            if overlay:
+                write_png_atomic(out / OVERLAYS / f"{Path(sample.prediction_name).stem}.png",
+                                 cv2.cvtColor(make_overlay(image, pred, gt), cv2.COLOR_RGB2BGR))
+            if gt is not None:
+                confusion[i] = ConfusionMatrix().add(gt, pred).counts.reshape(-1)
+        except BadFileError as error:
+            errors[i] = error.reason
+    return {"image_path": batch["image_path"], "has_label": np.array([bool(x) for x in batch["has_label"]]),
+            "error": np.array(errors, dtype=object), "confusion": confusion}
+
+
+def _rows(samples: list[Sample]) -> list[dict]:
+    return [{"name": s.name, "split": s.split, "image_path": s.image, "label": s.label,
+             "parts": json.dumps(s.parts), "prediction_name": s.prediction_name, "has_label": s.has_label}
+            for s in samples]
+
+
+def _score_existing(samples: list[Sample], output: Path, remap: Remap, confusion: ConfusionMatrix) -> None:
+    """Images done by an earlier run still count in the report: score their PNGs from disk."""
+    for sample in samples:
+        if sample.has_label:
+            confusion.add(read_label(sample, remap), read_prediction(output / sample.prediction_name))
+
+
+def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str, overlay: bool = False,
+                   layout: str = "auto", batch_size: int = 16, concurrency: int = 1, num_gpus: float = 0.0,
+                   overwrite: bool = False) -> PredictSummary:
+    start = time.perf_counter()
+    model_path = resolve_model(model)
+    source = find_inputs(Path(input_dir), layout)
+    output = Path(output).resolve()
+    (output / OVERLAYS if overlay else output).mkdir(parents=True, exist_ok=True)
+    done = [] if overwrite else [s for s in source.samples if (output / s.prediction_name).is_file()]
+    done_names = {s.prediction_name for s in done}
+    todo = [s for s in source.samples if s.prediction_name not in done_names]
+    size = model_input_size(model_path)
+    print(f"{len(source.samples)} images in {input_dir} ({source.layout}); {len(done)} already predicted; "
+          f"model {model_path} at {size} px", flush=True)
+
+    confusion, failed = ConfusionMatrix(), []
+    if todo:
+        dataset = ray.data.from_items(_rows(todo), override_num_blocks=max(1, min(len(todo) // batch_size, 200)))
+        dataset = dataset.map_batches(load_batch, fn_kwargs={"size": size}, batch_size=batch_size)
+        dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model_path": str(model_path)},
+                                      batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus or None)
+        dataset = dataset.map_batches(write_batch, batch_size=batch_size,
+                                      fn_kwargs={"output": str(output), "overlay": overlay, "remap": source.remap})
+        for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            for path, error, has_label, counts in zip(result["image_path"], result["error"], result["has_label"],
+                                                      result["confusion"]):
+                if error:
+                    failed.append((path, error))
+                elif has_label:
+                    confusion.merge(ConfusionMatrix(counts.reshape(NUM_CLASSES, NUM_CLASSES).copy(), images=1))
+    _score_existing(done, output, source.remap, confusion)
+    summary = PredictSummary(output, len(todo) - len(failed), len(done), failed, time.perf_counter() - start)
+    if any(s.has_label for s in source.samples):
+        summary.report = confusion.report()
+        write_report(summary.report, output / REPORT)
+    return summary
+
+
+def run_prediction(args) -> PredictSummary:
+    init_ray(getattr(args, "address", None), reserved_cpus=args.concurrency)
+    return predict_folder(args.model, args.input, args.output, args.overlay, args.layout, args.batch_size,
+                          args.concurrency, args.num_gpus, args.overwrite)
