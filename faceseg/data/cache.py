@@ -38,4 +38,4 @@ class Cache:
         if not self.count(split):
             raise CacheError(f"{self.path}: the cache has no {split!r} split "
                              f"(it has {', '.join(self.manifest['counts'])})")
-        return ray.data.read_parquet(str(self.path / split), columns=list(columns))
+        return ray.data.read_parquet(str(self.path / split)).select_columns(list(columns))

@@ -4,6 +4,7 @@ Discovery only lists files and decides splits and output names; decoding happens
 """
 from __future__ import annotations
 
+import json
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,16 @@ class Sample:
     @property
     def has_label(self) -> bool:
         return self.label is not None or bool(self.parts)
+
+    def to_row(self) -> dict:
+        """Plain strings only, so Ray Data's Arrow blocks hold it whatever the layout ("" = no label)."""
+        return {"name": self.name, "split": self.split, "image": self.image, "label": self.label or "",
+                "parts": json.dumps(self.parts), "prediction_name": self.prediction_name}
+
+    @classmethod
+    def from_row(cls, row: dict) -> "Sample":
+        return cls(str(row["name"]), str(row["split"]), str(row["image"]), str(row["label"]) or None,
+                   tuple((int(k), str(p)) for k, p in json.loads(row["parts"])), str(row["prediction_name"]))
 
 
 @dataclass

@@ -61,8 +61,7 @@ def decode_batch(batch: dict, source: Source, size: int, tally) -> dict:
     """Ray Data map_batches: rows of sample fields -> rows of uint8 tensors; bad files go to the tally."""
     rows, problems = [], []
     for i in range(len(batch["name"])):
-        sample = Sample(**{key: batch[key][i] for key in ("name", "split", "image", "label", "prediction_name")},
-                        parts=tuple((k, p) for k, p in json.loads(batch["parts"][i])))
+        sample = Sample.from_row({key: column[i] for key, column in batch.items()})
         try:
             rows.append(load_sample(sample, source.remap, size))
         except BadFileError as error:
@@ -78,11 +77,6 @@ def decode_batch(batch: dict, source: Source, size: int, tally) -> dict:
     split = batch["split"][0] if len(batch["split"]) else "?"
     ray.get(tally.add.remote(split, len(rows), class_pixel_counts(out["mask"]), problems))
     return out
-
-
-def _sample_rows(samples: list[Sample]) -> list[dict]:
-    return [{"name": s.name, "split": s.split, "image": s.image, "label": s.label,
-             "prediction_name": s.prediction_name, "parts": json.dumps(s.parts)} for s in samples]
 
 
 @dataclass
@@ -149,7 +143,7 @@ def prepare_cache(source: Source, out: Path | str, size: int = 256, strict: bool
             split_samples = [s for s in samples if s.split == split]
             if not split_samples:
                 continue
-            dataset = ray.data.from_items(_sample_rows(split_samples),
+            dataset = ray.data.from_items([s.to_row() for s in split_samples],
                                           override_num_blocks=max(1, len(split_samples) // 64))
             dataset = dataset.map_batches(decode_batch, batch_size=BATCH_SIZE, batch_format="numpy",
                                           fn_kwargs={"source": source, "size": size, "tally": tally})

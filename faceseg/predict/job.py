@@ -10,7 +10,6 @@ A PNG only ever appears complete (temporary name + rename), so a re-run skips fi
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,8 @@ def find_inputs(folder: Path, layout: str) -> Source:
 
 def load_batch(batch: dict, size: int) -> dict:
     """Decode and resize as training did; a bad image gets a zero image and its error message."""
-    images, errors = np.zeros((len(batch["image_path"]), size, size, 3), np.uint8), []
-    for i, path in enumerate(batch["image_path"]):
+    images, errors = np.zeros((len(batch["image"]), size, size, 3), np.uint8), []
+    for i, path in enumerate(batch["image"]):
         try:
             images[i] = resize_image(read_image(path), size)
             errors.append("")
@@ -103,15 +102,12 @@ def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
     from faceseg.predict.overlay import make_overlay
 
     out = Path(output)
-    n = len(batch["image_path"])
-    confusion = np.zeros((n, NUM_CLASSES * NUM_CLASSES), np.int64)
+    samples = [Sample.from_row({key: column[i] for key, column in batch.items()}) for i in range(len(batch["image"]))]
+    confusion = np.zeros((len(samples), NUM_CLASSES * NUM_CLASSES), np.int64)
     errors = list(batch["error"])
-    for i in range(n):
+    for i, sample in enumerate(samples):
         if errors[i]:
             continue
-        sample = Sample(**{k: batch[k][i] for k in ("name", "split", "prediction_name")},
-                        image=batch["image_path"][i], label=batch["label"][i],
-                        parts=tuple(tuple(p) for p in json.loads(batch["parts"][i])))
         try:
             image = read_image(sample.image)
             gt = read_label(sample, remap) if sample.has_label else None
@@ -125,14 +121,8 @@ def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
                 confusion[i] = ConfusionMatrix().add(gt, pred).counts.reshape(-1)
         except BadFileError as error:
             errors[i] = error.reason
-    return {"image_path": batch["image_path"], "has_label": np.array([bool(x) for x in batch["has_label"]]),
+    return {"image": batch["image"], "has_label": np.array([s.has_label for s in samples]),
             "error": np.array(errors, dtype=object), "confusion": confusion}
-
-
-def _rows(samples: list[Sample]) -> list[dict]:
-    return [{"name": s.name, "split": s.split, "image_path": s.image, "label": s.label,
-             "parts": json.dumps(s.parts), "prediction_name": s.prediction_name, "has_label": s.has_label}
-            for s in samples]
 
 
 def _score_existing(samples: list[Sample], output: Path, remap: Remap, confusion: ConfusionMatrix) -> None:
@@ -159,14 +149,14 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
 
     confusion, failed = ConfusionMatrix(), []
     if todo:
-        dataset = ray.data.from_items(_rows(todo), override_num_blocks=max(1, min(len(todo) // batch_size, 200)))
+        dataset = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=max(1, min(len(todo) // batch_size, 200)))
         dataset = dataset.map_batches(load_batch, fn_kwargs={"size": size}, batch_size=batch_size)
         dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model_path": str(model_path)},
                                       batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus or None)
         dataset = dataset.map_batches(write_batch, batch_size=batch_size,
                                       fn_kwargs={"output": str(output), "overlay": overlay, "remap": source.remap})
         for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for path, error, has_label, counts in zip(result["image_path"], result["error"], result["has_label"],
+            for path, error, has_label, counts in zip(result["image"], result["error"], result["has_label"],
                                                       result["confusion"]):
                 if error:
                     failed.append((path, error))

@@ -1,0 +1,74 @@
+"""Shared fixtures: ONE real local Ray runtime per test session (on 127.0.0.1), small real data sets."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before any test imports TensorFlow)
+
+TEST_SIZE = 64
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ray_runtime():
+    import ray
+
+    from faceseg.runtime import init_ray
+
+    # 2 trainer workers + a Tune trial + model actors hold logical CPUs; Ray Data keeps the real cores.
+    init_ray(reserved_cpus=6)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from faceseg.data.synth import write_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    write_synthetic_dataset(out, train=120, test=12, size=96, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(synth_dir, tmp_path_factory) -> Path:
+    from faceseg.data.layouts import discover
+    from faceseg.data.prepare import prepare_cache
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare_cache(discover(synth_dir), out, size=TEST_SIZE)
+    return out
+
+
+def tiny_config(cache: Path, epochs: int = 2, **train) -> dict:
+    """A U-Net small enough for CPU tests that still learns within a few epochs."""
+    return {
+        "data": {"cache": str(cache), "size": TEST_SIZE},
+        "model": {"depth": 3, "base_filters": 8, "dropout": 0.0},
+        "train": {"epochs": epochs, "batch_size": 8, "learning_rate": 3e-3, "augment": "flip", **train},
+        "scaling": {"num_workers": 2, "cpus_per_worker": 1.0},
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_run(cache_dir, tmp_path_factory) -> Path:
+    """A real 2-worker Ray Train run, shared by the training and prediction tests."""
+    import yaml
+
+    from faceseg.cli import main
+
+    folder = tmp_path_factory.mktemp("runs")
+    config = folder / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=4)))
+    assert main(["train", "--config", str(config), "--output", str(folder / "r1")]) == 0
+    return folder / "r1"
+
+
+def cli_env() -> dict:
+    """Environment for `faceseg` subprocesses: never join the tests' runtime by accident."""
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

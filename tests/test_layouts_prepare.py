@@ -1,0 +1,154 @@
+"""Layouts are discovered, decoded and cached for real (Ray Data on the session's runtime)."""
+import json
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from datasets import face, save_grey, save_rgb, write_celebamask, write_lapa, write_pairs
+from faceseg.cli import main
+from faceseg.data.cache import Cache
+from faceseg.data.layouts import DatasetError, detect_layout, discover, discover_pairs, hold_out_validation
+from faceseg.data.prepare import PrepareError, prepare_cache
+
+SIZE = 32
+
+
+def cached_rows(cache, split):
+    """All rows of a cache split, read back with plain pyarrow (not through faceseg)."""
+    table = pq.read_table(cache / split)
+    masks = np.stack([np.asarray(m).reshape(SIZE, SIZE) for m in table.column("mask").to_pylist()])
+    return table.column("name").to_pylist(), masks, table
+
+
+def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    assert manifest["layout"] == "helenstar" and manifest["size"] == 64
+    assert manifest["counts"] == {"train": 108, "val": 12, "test": 12}      # 10% of train held out
+    assert abs(sum(manifest["class_pixel_frequency"].values()) - 1) < 1e-3
+    assert manifest["label_names"][4] == "le" and manifest["faceseg_version"]
+    table = pq.read_table(cache_dir / "train")
+    assert set(table.column_names) >= {"image", "mask", "name", "height", "width", "split"}
+    assert table.column("height").to_pylist()[0] == 96
+    image = np.asarray(table.column("image").to_pylist()[0])
+    assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
+    ds = Cache.open(cache_dir).dataset("val")
+    batch = next(iter(ds.iter_batches(batch_size=4, batch_format="numpy")))
+    assert batch["image"].shape == (4, 64, 64, 3) and batch["mask"].dtype == np.uint8
+
+
+def test_hold_out_is_deterministic(synth_dir):
+    samples = discover(synth_dir).samples
+    a = {s.name for s in hold_out_validation(samples) if s.split == "val"}
+    b = {s.name for s in hold_out_validation(list(reversed(samples))) if s.split == "val"}
+    assert a == b and len(a) == 12
+
+
+def test_lapa_grey_rgba_and_smaller_labels(tmp_path):
+    labels = write_lapa(tmp_path / "lapa")
+    assert detect_layout(tmp_path / "lapa") == "lapa"
+    summary = prepare_cache(discover(tmp_path / "lapa"), tmp_path / "cache", size=SIZE)
+    assert summary.counts == {"train": 3, "val": 3, "test": 3} and not summary.skipped
+    names, masks, table = cached_rows(tmp_path / "cache", "train")
+    for name, mask in zip(names, masks):
+        expected = cv2.resize(labels[name], (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+        assert (mask == expected).all()
+    assert sorted(table.column("width").to_pylist()) == [96, 96, 96]
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["merged", "raw-parts"])
+def test_celebamask_remapped_to_helen(tmp_path, raw):
+    labels = write_celebamask(tmp_path / "celeba", raw=raw)
+    source = discover(tmp_path / "celeba")
+    assert source.layout == "celebamask-hq" and "neck" in source.remap.to_bg
+    summary = prepare_cache(source, tmp_path / "cache", size=SIZE)
+    assert summary.counts == {"train": 3, "val": 1}
+    rows = {}
+    for split in summary.counts:
+        names, masks, _ = cached_rows(tmp_path / "cache", split)
+        rows.update(zip(names, masks))
+    for name, mask in rows.items():
+        expected = cv2.resize(labels[name], (SIZE, SIZE), interpolation=cv2.INTER_NEAREST)
+        expected[SIZE * 60 // 64:, : SIZE * 8 // 64] = 0   # the neck patch became background
+        assert (mask == expected).mean() > 0.97
+
+
+def test_pairs_with_label_names_file(tmp_path):
+    write_pairs(tmp_path / "img", tmp_path / "msk")
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("\n".join(["background", "skin", "l_brow", "r_brow", "l_eye", "r_eye", "nose",
+                                     "u_lip", "mouth", "l_lip", "hair"]))
+    code = main(["prepare", "--images", str(tmp_path / "img"), "--masks", str(tmp_path / "msk"),
+                 "--label-names", str(names_file), "--out", str(tmp_path / "cache"), "--size", str(SIZE)])
+    assert code == 0
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["counts"] == {"train": 4, "val": 1}
+
+
+def test_unknown_layout_and_empty_folder_are_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="cannot tell the layout"):
+        discover(tmp_path / "empty")
+    assert main(["prepare", str(tmp_path / "empty"), "--out", str(tmp_path / "c")]) == 2
+    assert not (tmp_path / "c").exists()
+
+
+def _helen_with_bad_files(root):
+    for i in range(6):
+        image, label = face(i)
+        save_rgb(root / "train" / f"ok{i}_image.jpg", image)
+        save_grey(root / "train" / f"ok{i}_label.png", label)
+    image, label = face(42)
+    (root / "train" / "empty_image.jpg").write_bytes(b"")
+    save_grey(root / "train" / "empty_label.png", label)
+    (root / "train" / "text_image.jpg").write_text("this is not a JPEG")
+    save_grey(root / "train" / "text_label.png", label)
+    save_rgb(root / "train" / "nolabel_image.jpg", image)
+    save_rgb(root / "train" / "badid_image.jpg", image)
+    save_grey(root / "train" / "badid_label.png", np.where(label == 1, 255, label).astype(np.uint8))
+    save_rgb(root / "train" / "squashed_image.jpg", image)
+    save_grey(root / "train" / "squashed_label.png", cv2.resize(label, (96, 40)))
+    data = (root / "train" / "ok0_image.jpg").read_bytes()
+    (root / "train" / "cut_image.jpg").write_bytes(data[: len(data) // 2])
+    save_grey(root / "train" / "cut_label.png", label)
+
+
+def test_bad_files_are_named_skipped_and_counted(tmp_path, capsys):
+    _helen_with_bad_files(tmp_path / "helen")
+    summary = prepare_cache(discover(tmp_path / "helen"), tmp_path / "cache", size=SIZE)
+    out = capsys.readouterr().out
+    assert sum(summary.counts.values()) == 6
+    reasons = {p.split("/")[-1]: r for p, r in summary.skipped}
+    assert set(reasons) == {"empty_image.jpg", "text_image.jpg", "nolabel_image.jpg", "badid_label.png",
+                            "squashed_label.png", "cut_image.jpg"}
+    assert "0 bytes" in reasons["empty_image.jpg"] and "missing label" in reasons["nolabel_image.jpg"]
+    assert "255" in reasons["badid_label.png"] and "aspect" in reasons["squashed_label.png"]
+    assert "truncated" in reasons["cut_image.jpg"]
+    for name in reasons:
+        assert name in out
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert len(manifest["skipped"]) == 6
+
+
+def test_strict_makes_bad_files_fatal_and_writes_nothing(tmp_path):
+    _helen_with_bad_files(tmp_path / "helen")
+    with pytest.raises(PrepareError, match="--strict"):
+        prepare_cache(discover(tmp_path / "helen"), tmp_path / "cache", size=SIZE, strict=True)
+    assert not (tmp_path / "cache").exists()
+    assert not list(tmp_path.glob(".cache.tmp-*"))
+
+
+def test_all_bad_is_an_error_not_an_empty_cache(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a_image.jpg").write_bytes(b"")
+    save_grey(tmp_path / "d" / "a_label.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "d" / "b_image.jpg").write_bytes(b"")
+    save_grey(tmp_path / "d" / "b_label.png", np.zeros((8, 8), np.uint8))
+    with pytest.raises(PrepareError, match="nothing to cache"):
+        prepare_cache(discover(tmp_path / "d"), tmp_path / "cache", size=SIZE)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_pairs_requires_a_folder(tmp_path):
+    with pytest.raises(DatasetError, match="not a folder"):
+        discover_pairs(tmp_path / "missing", tmp_path)
