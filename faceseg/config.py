@@ -28,12 +28,13 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 16            # per worker; the global batch is batch_size x workers
+    batch_size: int = 8             # per worker; the global batch is batch_size x workers
     learning_rate: float = 2e-3
     optimizer: str = "adam"         # adam | adamw
     weight_decay: float = 1e-4      # adamw only
     schedule: str = "cosine"        # cosine | step | constant
     loss: str = "ce+dice"           # ce | ce+dice
+    class_weights: str = "sqrt-inverse"  # none | sqrt-inverse (of the cache's class pixel frequencies)
     augment: str = "flip"           # none | flip | geometric | full
     seed: int = 0
     mixed_precision: bool = False   # float16 compute on GPUs; logits stay float32

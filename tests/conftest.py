@@ -28,7 +28,7 @@ def synth_dir(tmp_path_factory) -> Path:
     from faceseg.data.synth import write_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synth")
-    write_synthetic_dataset(out, train=120, test=12, size=96, seed=3)
+    write_synthetic_dataset(out, train=240, test=12, size=96, seed=3)
     return out
 
 
@@ -46,8 +46,8 @@ def tiny_config(cache: Path, epochs: int = 2, **train) -> dict:
     """A U-Net small enough for CPU tests that still learns within a few epochs."""
     return {
         "data": {"cache": str(cache), "size": TEST_SIZE},
-        "model": {"depth": 3, "base_filters": 8, "dropout": 0.0},
-        "train": {"epochs": epochs, "batch_size": 8, "learning_rate": 3e-3, "augment": "flip", **train},
+        "model": {"depth": 3, "base_filters": 16, "dropout": 0.0},
+        "train": {"epochs": epochs, "batch_size": 4, "learning_rate": 3e-3, "augment": "none", **train},
         "scaling": {"num_workers": 2, "cpus_per_worker": 1.0},
     }
 
@@ -61,7 +61,7 @@ def trained_run(cache_dir, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("runs")
     config = folder / "tiny.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=4)))
+    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=6)))
     assert main(["train", "--config", str(config), "--output", str(folder / "r1")]) == 0
     return folder / "r1"
 

@@ -25,7 +25,7 @@ def cached_rows(cache, split):
 def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["layout"] == "helenstar" and manifest["size"] == 64
-    assert manifest["counts"] == {"train": 108, "val": 12, "test": 12}      # 10% of train held out
+    assert manifest["counts"] == {"train": 216, "val": 24, "test": 12}      # 10% of train held out
     assert abs(sum(manifest["class_pixel_frequency"].values()) - 1) < 1e-3
     assert manifest["label_names"][4] == "le" and manifest["faceseg_version"]
     table = pq.read_table(cache_dir / "train")
@@ -42,7 +42,7 @@ def test_hold_out_is_deterministic(synth_dir):
     samples = discover(synth_dir).samples
     a = {s.name for s in hold_out_validation(samples) if s.split == "val"}
     b = {s.name for s in hold_out_validation(list(reversed(samples))) if s.split == "val"}
-    assert a == b and len(a) == 12
+    assert a == b and len(a) == 24
 
 
 def test_lapa_grey_rgba_and_smaller_labels(tmp_path):

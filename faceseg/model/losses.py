@@ -6,10 +6,24 @@ import tensorflow as tf
 from faceseg.labels import NUM_CLASSES
 
 
-def cross_entropy(y_true, logits):
-    """(B, H, W) ids, (B, H, W, C) logits -> (B,) mean pixel cross-entropy."""
-    pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(tf.cast(y_true, tf.int32), logits)
-    return tf.reduce_mean(pixel, axis=[1, 2])
+def class_weights(frequency, mode: str) -> list[float]:
+    """Per-class CE weights from pixel frequencies: 'sqrt-inverse' lifts eyes and brows (~0.3% of pixels)
+    about 15x over background, so they are not ignored early; normalised to mean 1 over pixels."""
+    if mode == "none":
+        return [1.0] * NUM_CLASSES
+    if mode != "sqrt-inverse":
+        raise ValueError(f"train.class_weights must be none or sqrt-inverse, not {mode!r}")
+    freq = [max(float(f), 1e-4) for f in frequency]
+    raw = [f ** -0.5 for f in freq]
+    scale = sum(f * w for f, w in zip(freq, raw)) / sum(freq)
+    return [w / scale for w in raw]
+
+
+def _pixel_cross_entropy(y_true, logits, weights):
+    """(B, H, W) ids, (B, H, W, C) logits -> (B,) weighted mean pixel cross-entropy."""
+    ids = tf.cast(y_true, tf.int32)
+    pixel = tf.nn.sparse_softmax_cross_entropy_with_logits(ids, logits)
+    return tf.reduce_mean(pixel * tf.gather(tf.constant(weights, tf.float32), ids), axis=[1, 2])
 
 
 def _soft_dice(y_true, logits, eps: float = 1.0):
@@ -21,14 +35,10 @@ def _soft_dice(y_true, logits, eps: float = 1.0):
     return 1.0 - tf.reduce_mean((2.0 * inter + eps) / (total + eps), axis=-1)
 
 
-def cross_entropy_dice(y_true, logits):
-    return cross_entropy(y_true, logits) + _soft_dice(y_true, logits)
-
-
-LOSSES = {"ce": cross_entropy, "ce+dice": cross_entropy_dice}
-
-
-def make_loss(name: str):
-    if name not in LOSSES:
-        raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, not {name!r}")
-    return LOSSES[name]
+def make_loss(name: str, weights: list[float]):
+    """A Keras loss on (uint8 ids, float32 logits) returning one value per image."""
+    if name == "ce":
+        return lambda y_true, logits: _pixel_cross_entropy(y_true, logits, weights)
+    if name == "ce+dice":
+        return lambda y_true, logits: _pixel_cross_entropy(y_true, logits, weights) + _soft_dice(y_true, logits)
+    raise ValueError(f"train.loss must be ce or ce+dice, not {name!r}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
@@ -22,7 +21,7 @@ from faceseg.config import Config, TrainConfig
 from faceseg.data.augment import augment_batch
 from faceseg.metrics import ConfusionMatrix
 from faceseg.model.unet import build_unet
-from faceseg.model.losses import make_loss
+from faceseg.model.losses import class_weights, make_loss
 from faceseg.model.saved import MODEL_FILE
 from faceseg.train.progress import EpochProgressBar
 from faceseg.train.session import scratch_dir
@@ -146,7 +145,9 @@ class EpochEnd(keras.callbacks.Callback):
         row["seconds"] = time.perf_counter() - self.started
         self.history.append(row)
         folder = scratch_dir()
-        self.export.save(str(folder / MODEL_FILE))
+        # Explicit format: tf-keras falls back to HDF5 for ".keras" in threads other than the main one,
+        # and Ray Train runs this loop in a worker thread.
+        self.export.save(str(folder / MODEL_FILE), save_format="keras_v3")
         self.state.write(str(folder / STATE_DIR / "state"))  # weights + optimizer slots + step
         write_history(folder / HISTORY_FILE, self.history)
         self.config.to_yaml(folder / "config.yaml")
@@ -165,12 +166,11 @@ class EpochEnd(keras.callbacks.Callback):
 def train_loop(loop_config: dict, session) -> None:
     """Build, restore, fit: one epoch = one pass over this worker's shard.
 
-    loop_config: {"config": Config as a dict, "train_rows": rows in the train split, "run_dir": RUN}.
+    loop_config: {"config": Config as a dict, "train_rows": rows in the train split,
+                  "class_frequency": train pixel frequency per class, "run_dir": RUN}.
     """
     config = Config.from_dict(loop_config["config"])
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO
-    # tf-keras warns "saving as HDF5" for every .keras file although it writes the native zip format.
-    warnings.filterwarnings("ignore", message="You are saving your model as an HDF5 file")
     run_path = Path(loop_config["run_dir"]) if loop_config.get("run_dir") else None
     if config.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -183,7 +183,8 @@ def train_loop(loop_config: dict, session) -> None:
     with strategy.scope():
         model = build_unet(config.model, config.data.size)
         optimizer = make_optimizer(config.train, steps_per_epoch * config.train.epochs)
-        loss_fn = make_loss(config.train.loss)
+        loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"],
+                                                             config.train.class_weights))
         model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=config.train.jit)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
@@ -199,9 +200,8 @@ def train_loop(loop_config: dict, session) -> None:
     seed = config.train.seed * 1000 + session.world_rank + 7919 * len(history)
     train_data = make_train_dataset(session.train_data(), batch_size, session.world_size, config.train.augment, seed)
     global_batch = batch_size * session.world_size
-    callbacks = [EpochEnd(session, state, loss_fn, history, config, run_path, global_batch)]
-    if session.progress_bar:
-        callbacks.append(EpochProgressBar(steps_per_epoch, config.train.epochs))
+    callbacks = [EpochProgressBar(steps_per_epoch, config.train.epochs)] if session.progress_bar else []
+    callbacks.append(EpochEnd(session, state, loss_fn, history, config, run_path, global_batch))
     if run_path and session.is_chief:
         callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard"), profile_batch=0))
     model.fit(train_data, epochs=config.train.epochs, initial_epoch=len(history), callbacks=callbacks,

@@ -9,6 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray.data
+
 import faceseg  # noqa: F401
 from faceseg.config import Config
 from faceseg.data.cache import Cache
@@ -86,7 +88,6 @@ def ensure_cache(config: Config, run_dir: Path) -> Cache:
 
 def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
     """Ray Train: one worker per replica, MultiWorkerMirroredStrategy across them."""
-    import ray.data
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
@@ -123,6 +124,7 @@ def ray_worker_loop(loop_config: dict) -> None:
 
 
 def _fit_local(loop_config: dict, cache: Cache, run_dir: Path):
+    ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
     session = LocalSession(cache, run_dir / CHECKPOINTS / "local")
     train_loop(loop_config, session)
     return session.best_checkpoint(), session.latest_checkpoint()
@@ -137,7 +139,8 @@ def run_training(args) -> TrainResult:
     cache = ensure_cache(config, run_dir)
     config = config.with_overrides({"data.cache": str(cache.path), "data.size": cache.size})
     config.to_yaml(run_dir / CONFIG_FILE)
-    loop_config = {"config": config.to_dict(), "train_rows": cache.count("train"), "run_dir": str(run_dir)}
+    loop_config = {"config": config.to_dict(), "train_rows": cache.count("train"), "run_dir": str(run_dir),
+                   "class_frequency": list(cache.manifest["class_pixel_frequency"].values())}
     mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
     print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at "
           f"{cache.size} px, {config.train.epochs} epochs -> {run_dir}", flush=True)
