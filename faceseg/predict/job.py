@@ -140,6 +140,8 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
     source = find_inputs(Path(input_dir), layout)
     output = Path(output).resolve()
     (output / OVERLAYS if overlay else output).mkdir(parents=True, exist_ok=True)
+    for stale in output.glob("**/.*.partial"):  # left by a killed run; the real PNGs are all complete
+        stale.unlink()
     done = [] if overwrite else [s for s in source.samples if (output / s.prediction_name).is_file()]
     done_names = {s.prediction_name for s in done}
     todo = [s for s in source.samples if s.prediction_name not in done_names]
