@@ -154,7 +154,8 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
         dataset = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=max(1, min(len(todo) // batch_size, 200)))
         dataset = dataset.map_batches(load_batch, fn_kwargs={"size": size}, batch_size=batch_size)
         dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model_path": str(model_path)},
-                                      batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus or None)
+                                      batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                      num_gpus=num_gpus or None)
         dataset = dataset.map_batches(write_batch, batch_size=batch_size,
                                       fn_kwargs={"output": str(output), "overlay": overlay, "remap": source.remap})
         for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
