@@ -86,7 +86,7 @@ def ensure_cache(config: Config, run_dir: Path) -> Cache:
     return Cache.open(cache_dir)
 
 
-def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
+def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, callbacks=()):
     """Ray Train: one worker per replica, MultiWorkerMirroredStrategy across them."""
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
@@ -112,6 +112,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             worker_runtime_env={"env_vars": WORKER_ENV},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
     )
     result = trainer.fit()
@@ -131,10 +132,16 @@ def _fit_local(loop_config: dict, cache: Cache, run_dir: Path):
 
 
 def run_training(args) -> TrainResult:
+    """`faceseg train`: the command line's config and run folder, on a joined or local Ray runtime."""
     config, run_dir = resolve_run(args)
     local = bool(getattr(args, "local", False))
     reserved = 0.0 if local else config.scaling.num_workers * config.scaling.cpus_per_worker
     init_ray(getattr(args, "address", None), reserved_cpus=reserved)
+    return train(config, run_dir, local)
+
+
+def train(config: Config, run_dir: Path, local: bool = False, callbacks=()) -> TrainResult:
+    """Train `config` into `run_dir` (Ray must be up); `callbacks` are Ray Train callbacks (Tune's)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = ensure_cache(config, run_dir)
     config = config.with_overrides({"data.cache": str(cache.path), "data.size": cache.size})
@@ -145,7 +152,10 @@ def run_training(args) -> TrainResult:
     print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at "
           f"{cache.size} px, {config.train.epochs} epochs -> {run_dir}", flush=True)
 
-    best, latest = _fit_local(loop_config, cache, run_dir) if local else _fit_ray(loop_config, config, cache, run_dir)
+    if local:
+        best, latest = _fit_local(loop_config, cache, run_dir)
+    else:
+        best, latest = _fit_ray(loop_config, config, cache, run_dir, callbacks)
     shutil.copyfile(best / MODEL_FILE, run_dir / MODEL_FILE)
     history = read_history(latest)
     write_history(run_dir / HISTORY_FILE, history)

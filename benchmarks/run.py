@@ -1,0 +1,307 @@
+"""faceseg benchmarks: each figure is measured against its baseline in the SAME run, on the same files.
+
+    python benchmarks/run.py            # the full run (documented figures; ~1 h on 2 cores)
+    python benchmarks/run.py --quick    # the same benchmarks, smaller (under 10 min on 2 cores)
+
+Writes benchmarks/results/latest.json (machine, versions, figures, `ratios`) and benchmarks/results/latest.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+GOALS = {"prepare_vs_pool": (">=", 0.8), "prepare_vs_single": (">=", 1.6), "train_vs_inmemory": (">=", 0.9),
+         "memory_8000_vs_2000": ("<=", 1.3), "predict_vs_model_predict": (">=", 0.8)}
+SIZES = {  # (quick, full)
+    "prepare_images": (400, 2000), "prepare_source_px": (512, 512), "train_images": (400, 1000),
+    "train_epochs": (3, 4), "memory_images": ((500, 2000), (2000, 8000)), "predict_images": (100, 400),
+}
+
+
+# --- baselines: the plain OpenCV loops a user would write ----------------------------------------------
+
+def _load_pair(paths, size=256):
+    image_path, label_path = paths
+    image = cv2.cvtColor(cv2.imread(image_path), cv2.COLOR_BGR2RGB)
+    label = cv2.imread(label_path, cv2.IMREAD_GRAYSCALE)
+    return (cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA),
+            cv2.resize(label, (size, size), interpolation=cv2.INTER_NEAREST))
+
+
+def _pairs(folder: Path):
+    return [(str(p), str(p).replace("_image.jpg", "_label.png")) for p in sorted(folder.rglob("*_image.jpg"))]
+
+
+def single_loop(folder: Path) -> float:
+    start = time.perf_counter()
+    loaded = [_load_pair(p) for p in _pairs(folder)]
+    images, masks = np.stack([a for a, _ in loaded]), np.stack([b for _, b in loaded])
+    assert images.shape[0] == masks.shape[0]
+    return len(loaded) / (time.perf_counter() - start)
+
+
+def pool_loop(folder: Path) -> float:
+    start = time.perf_counter()
+    pairs = _pairs(folder)
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        loaded = pool.map(_load_pair, pairs, chunksize=16)
+    images, masks = np.stack([a for a, _ in loaded]), np.stack([b for _, b in loaded])
+    assert images.shape[0] == masks.shape[0]
+    return len(loaded) / (time.perf_counter() - start)
+
+
+# --- 1. preprocessing ------------------------------------------------------------------------------------
+
+def bench_prepare(work: Path, quick: bool) -> dict:
+    from faceseg.data.layouts import discover
+    from faceseg.data.prepare import prepare_cache
+    from faceseg.data.synth import write_synthetic_dataset
+
+    n = SIZES["prepare_images"][not quick]
+    data = work / f"synth{n}"
+    if not data.exists():
+        write_synthetic_dataset(data, train=n, test=0, size=SIZES["prepare_source_px"][not quick], seed=1)
+    single = single_loop(data)
+    pool = pool_loop(data)
+    summary = prepare_cache(discover(data), work / "cache-prepare", size=256)
+    return {"images": n, "source_px": SIZES["prepare_source_px"][not quick], "target_px": 256,
+            "single_images_per_s": single, "pool_images_per_s": pool,
+            "faceseg_images_per_s": summary.images_per_second,
+            "ratios": {"prepare_vs_single": summary.images_per_second / single,
+                       "prepare_vs_pool": summary.images_per_second / pool}}
+
+
+# --- 2. training ingest ------------------------------------------------------------------------------------
+
+def _train_config(cache: Path, epochs: int, workers: int) -> dict:
+    return {"data": {"cache": str(cache), "size": 128},
+            "model": {"depth": 4, "base_filters": 16},
+            "train": {"epochs": epochs, "batch_size": 8, "augment": "none"},
+            "scaling": {"num_workers": workers}}
+
+
+def inmemory_fit(cache: Path, epochs: int) -> float:
+    """The seed's approach: the whole split as NumPy arrays in one process, model.fit, same model and batch."""
+    import pyarrow.parquet as pq
+    import tf_keras as keras
+
+    from faceseg.config import Config
+    from faceseg.model.losses import class_weights, make_loss
+    from faceseg.model.unet import build_unet
+
+    table = pq.read_table(cache / "train")
+    images = np.stack([np.asarray(x, np.uint8) for x in table.column("image").to_pylist()])
+    masks = np.stack([np.asarray(x, np.uint8) for x in table.column("mask").to_pylist()])
+    config = Config.from_dict(_train_config(cache, epochs, 1))
+    manifest = json.loads((cache / "manifest.json").read_text())
+    model = build_unet(config.model, 128)
+    model.compile(keras.optimizers.Adam(config.train.learning_rate),
+                  make_loss(config.train.loss, class_weights(list(manifest["class_pixel_frequency"].values()),
+                                                             config.train.class_weights)))
+    times = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times.append(time.perf_counter() - self.start)
+
+    steps = len(images) // config.train.batch_size
+    model.fit(images[: steps * 8], masks[: steps * 8], batch_size=8, epochs=epochs, verbose=0, callbacks=[Timer()],
+              shuffle=True)
+    return steps * 8 / float(np.median(times[1:]))      # steady state: skip the tracing epoch
+
+
+def bench_train(work: Path, quick: bool) -> dict:
+    import yaml
+
+    from faceseg.cli import main as faceseg_main
+    from faceseg.data.layouts import discover
+    from faceseg.data.prepare import prepare_cache
+    from faceseg.data.synth import write_synthetic_dataset
+
+    n, epochs = SIZES["train_images"][not quick], SIZES["train_epochs"][not quick]
+    data = work / f"train{n}"
+    if not data.exists():
+        write_synthetic_dataset(data, train=n, test=0, size=128, seed=2)
+    cache = work / f"cache-train{n}"
+    if not cache.exists():
+        prepare_cache(discover(data), cache, size=128)
+    baseline = inmemory_fit(cache, epochs)
+    result = {"images": n, "px": 128, "batch": 8, "inmemory_images_per_s": baseline}
+    for workers in (1, 2):
+        config = work / f"train-{workers}.yaml"
+        config.write_text(yaml.safe_dump(_train_config(cache, epochs, workers)))
+        run = work / f"run-{workers}w"
+        shutil.rmtree(run, ignore_errors=True)
+        assert faceseg_main(["train", "--config", str(config), "--output", str(run)]) == 0
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        result[f"ray_{workers}w_images_per_s"] = float(np.median([r["images_per_second"] for r in rows[1:]]))
+    result["ratios"] = {"train_vs_inmemory": result["ray_1w_images_per_s"] / baseline}
+    return result
+
+
+# --- 3. memory ------------------------------------------------------------------------------------------------
+
+def _tree_rss(root_pid: int) -> int:
+    """Resident bytes of a process and all its descendants (Ray's raylet, GCS, workers included)."""
+    children, rss = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+            rss[int(entry.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, IndexError, ValueError):
+            continue
+    total, stack = 0, [root_pid]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def peak_rss(command: list[str]) -> int:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "RAY_ADDRESS": ""}, start_new_session=True)
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, _tree_rss(process.pid))
+        time.sleep(0.25)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode})")
+    return peak
+
+
+def bench_memory(work: Path, quick: bool) -> dict:
+    from faceseg.data.synth import write_synthetic_dataset
+
+    small, large = SIZES["memory_images"][not quick]
+    result = {"train_px": 64, "source_px": 256}
+    faceseg_cmd = [sys.executable, "-m", "faceseg"]
+    for n in (small, large):
+        data = work / f"mem{n}"
+        if not data.exists():
+            write_synthetic_dataset(data, train=n, test=0, size=256, seed=3)
+        cache, run = work / f"cache-mem{n}", work / f"run-mem{n}"
+        shutil.rmtree(run, ignore_errors=True)
+        prep = peak_rss(faceseg_cmd + ["prepare", str(data), "--out", str(cache), "--size", "64"])
+        config = work / "mem.yaml"
+        config.write_text(json.dumps({"model": {"depth": 3, "base_filters": 8}, "train": {"batch_size": 16},
+                                      "scaling": {"num_workers": 2}}))
+        train = peak_rss(faceseg_cmd + ["train", "--cache", str(cache), "--config", str(config), "--epochs", "1",
+                                        "--output", str(run)])
+        result[f"peak_rss_mb_{n}"] = max(prep, train) / 2**20
+        result[f"prepare_peak_rss_mb_{n}"] = prep / 2**20
+        result[f"train_peak_rss_mb_{n}"] = train / 2**20
+    result["images"] = [small, large]
+    result["ratios"] = {"memory_8000_vs_2000": result[f"peak_rss_mb_{large}"] / result[f"peak_rss_mb_{small}"]}
+    result["seed_onehot_masks_gb_at_large"] = large * 256 * 256 * 11 * 4 / 1e9
+    return result
+
+
+# --- 4. prediction ----------------------------------------------------------------------------------------------
+
+def bench_predict(work: Path, quick: bool) -> dict:
+    import tensorflow as tf
+
+    from faceseg.config import ModelConfig
+    from faceseg.model.unet import build_unet
+    from faceseg.predict.job import predict_folder
+    from faceseg.data.synth import write_synthetic_dataset
+
+    n = SIZES["predict_images"][not quick]
+    data = work / f"predict{n}"
+    if not data.exists():
+        write_synthetic_dataset(data, train=0, test=n, size=256, seed=4)
+    model_path = work / "predict-model.keras"
+    model = build_unet(ModelConfig(depth=4, base_filters=16), 256)
+    model.save(str(model_path), save_format="keras_v3")
+    files = sorted((data / "test").glob("*_image.jpg"))
+    tensors = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files])
+    model.predict(tensors[:16], batch_size=16, verbose=0)                      # warm up, as an actor would
+    start = time.perf_counter()
+    model.predict(tensors, batch_size=16, verbose=0)
+    baseline = n / (time.perf_counter() - start)
+    del model
+    tf.keras.backend.clear_session()
+    out = work / "predict-out"
+    shutil.rmtree(out, ignore_errors=True)
+    summary = predict_folder(model_path, data / "test", out, batch_size=16, overwrite=True)
+    assert summary.predicted == n
+    return {"images": n, "px": 256, "model_predict_images_per_s": baseline,
+            "faceseg_images_per_s": summary.predicted / summary.seconds,
+            "ratios": {"predict_vs_model_predict": summary.predicted / summary.seconds / baseline}}
+
+
+# --- report ---------------------------------------------------------------------------------------------------
+
+def machine() -> dict:
+    import ray
+    import tensorflow as tf
+
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "ray": ray.__version__, "tensorflow": tf.__version__, "opencv": cv2.__version__,
+            "faceseg": faceseg.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# faceseg benchmarks ({'quick' if report['quick'] else 'full'})", "",
+             f"{report['machine']['cpus']} CPUs, Ray {report['machine']['ray']}, TensorFlow "
+             f"{report['machine']['tensorflow']}, {report['machine']['date']}", "",
+             "| ratio | measured | goal | met |", "|---|---|---|---|"]
+    for name, value in report["ratios"].items():
+        op, goal = GOALS[name]
+        met = value >= goal if op == ">=" else value <= goal
+        lines.append(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    lines += ["", "```json", json.dumps({k: v for k, v in report.items() if k not in ("ratios",)}, indent=1), "```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", nargs="*", choices=["prepare", "train", "memory", "predict"])
+    parser.add_argument("--work", default=str(ROOT / "work"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+
+    from faceseg.runtime import init_ray
+
+    init_ray(reserved_cpus=2)
+    benches = {"prepare": bench_prepare, "train": bench_train, "memory": bench_memory, "predict": bench_predict}
+    report = {"quick": args.quick, "machine": machine(), "ratios": {}}
+    for name in args.only or benches:
+        start = time.perf_counter()
+        print(f"=== {name}", flush=True)
+        report[name] = benches[name](work, args.quick)
+        report[name]["seconds"] = time.perf_counter() - start
+        report["ratios"].update(report[name]["ratios"])
+        print(json.dumps(report[name], indent=1), flush=True)
+    results = ROOT / "results"
+    results.mkdir(exist_ok=True)
+    (results / "latest.json").write_text(json.dumps(report, indent=2))
+    (results / "latest.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
