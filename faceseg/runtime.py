@@ -6,7 +6,8 @@ import os
 
 import ray
 
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Workers: tf-keras, and quiet TensorFlow and Ray Data (their per-epoch INFO lines bury the epoch table).
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
 
 
 def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> None:

@@ -63,7 +63,9 @@ class Source:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files, and symlinks named like images even when broken or looping: decoding then names
+    the problem instead of the file silently vanishing from the data set."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
 
 
 def _split_of(folder: Path) -> str:
