@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent
 GOALS = {"prepare_vs_pool": (">=", 0.8), "prepare_vs_single": (">=", 1.6), "train_vs_inmemory": (">=", 0.9),
          "memory_8000_vs_2000": ("<=", 1.3), "predict_vs_model_predict": (">=", 0.8)}
 SIZES = {  # (quick, full)
-    "prepare_images": (400, 2000), "prepare_source_px": (512, 512), "train_images": (400, 1000),
-    "train_epochs": (3, 4), "memory_images": ((500, 2000), (2000, 8000)), "predict_images": (100, 400),
+    "prepare_images": (400, 2000), "prepare_source_px": (512, 512), "train_images": (320, 400),
+    "train_epochs": (3, 3), "train_px": ((128,), (128, 256)), "memory_images": ((500, 2000), (2000, 8000)), "predict_images": (100, 400),
 }
 
 
@@ -86,14 +86,14 @@ def bench_prepare(work: Path, quick: bool) -> dict:
 
 # --- 2. training ingest ------------------------------------------------------------------------------------
 
-def _train_config(cache: Path, epochs: int, workers: int) -> dict:
-    return {"data": {"cache": str(cache), "size": 128},
+def _train_config(cache: Path, epochs: int, workers: int, px: int = 128) -> dict:
+    return {"data": {"cache": str(cache), "size": px},
             "model": {"depth": 4, "base_filters": 16},
             "train": {"epochs": epochs, "batch_size": 8, "augment": "none"},
             "scaling": {"num_workers": workers}}
 
 
-def inmemory_fit(cache: Path, epochs: int) -> float:
+def inmemory_fit(cache: Path, epochs: int, px: int) -> float:
     """The seed's approach: the whole split as NumPy arrays in one process, model.fit, same model and batch."""
     import pyarrow.parquet as pq
     import tf_keras as keras
@@ -105,9 +105,9 @@ def inmemory_fit(cache: Path, epochs: int) -> float:
     table = pq.read_table(cache / "train")
     images = np.stack([np.asarray(x, np.uint8) for x in table.column("image").to_pylist()])
     masks = np.stack([np.asarray(x, np.uint8) for x in table.column("mask").to_pylist()])
-    config = Config.from_dict(_train_config(cache, epochs, 1))
+    config = Config.from_dict(_train_config(cache, epochs, 1, px))
     manifest = json.loads((cache / "manifest.json").read_text())
-    model = build_unet(config.model, 128)
+    model = build_unet(config.model, px)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   make_loss(config.train.loss, class_weights(list(manifest["class_pixel_frequency"].values()),
                                                              config.train.class_weights)))
@@ -126,7 +126,13 @@ def inmemory_fit(cache: Path, epochs: int) -> float:
     return steps * 8 / float(np.median(times[1:]))      # steady state: skip the tracing epoch
 
 
+def _steady_rate(run: Path) -> float:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return float(np.median([r["images_per_second"] for r in rows[1:]]))   # skip the tracing epoch
+
+
 def bench_train(work: Path, quick: bool) -> dict:
+    """Steady-state train images/s: in-memory NumPy (the seed) vs --local vs Ray Train with 1 and 2 workers."""
     import yaml
 
     from faceseg.cli import main as faceseg_main
@@ -137,21 +143,21 @@ def bench_train(work: Path, quick: bool) -> dict:
     n, epochs = SIZES["train_images"][not quick], SIZES["train_epochs"][not quick]
     data = work / f"train{n}"
     if not data.exists():
-        write_synthetic_dataset(data, train=n, test=0, size=128, seed=2)
-    cache = work / f"cache-train{n}"
-    if not cache.exists():
-        prepare_cache(discover(data), cache, size=128)
-    baseline = inmemory_fit(cache, epochs)
-    result = {"images": n, "px": 128, "batch": 8, "inmemory_images_per_s": baseline}
-    for workers in (1, 2):
-        config = work / f"train-{workers}.yaml"
-        config.write_text(yaml.safe_dump(_train_config(cache, epochs, workers)))
-        run = work / f"run-{workers}w"
-        shutil.rmtree(run, ignore_errors=True)
-        assert faceseg_main(["train", "--config", str(config), "--output", str(run)]) == 0
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        result[f"ray_{workers}w_images_per_s"] = float(np.median([r["images_per_second"] for r in rows[1:]]))
-    result["ratios"] = {"train_vs_inmemory": result["ray_1w_images_per_s"] / baseline}
+        write_synthetic_dataset(data, train=n, test=0, size=256, seed=2)
+    result = {"images": n, "batch_per_worker": 8, "epochs": epochs}
+    for px in SIZES["train_px"][not quick]:
+        cache = work / f"cache-train{n}-{px}"
+        if not cache.exists():
+            prepare_cache(discover(data), cache, size=px)
+        result[f"inmemory_{px}px_images_per_s"] = inmemory_fit(cache, epochs, px)
+        for mode, workers, flags in (("local", 1, ["--local"]), ("ray_1w", 1, []), ("ray_2w", 2, [])):
+            config = work / f"train-{mode}-{px}.yaml"
+            config.write_text(yaml.safe_dump(_train_config(cache, epochs, workers, px)))
+            run = work / f"run-{mode}-{px}"
+            shutil.rmtree(run, ignore_errors=True)
+            assert faceseg_main(["train", "--config", str(config), "--output", str(run), *flags]) == 0
+            result[f"{mode}_{px}px_images_per_s"] = _steady_rate(run)
+    result["ratios"] = {"train_vs_inmemory": result["ray_1w_128px_images_per_s"] / result["inmemory_128px_images_per_s"]}
     return result
 
 

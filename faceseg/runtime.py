@@ -10,20 +10,30 @@ import ray
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
 
 
-def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> None:
+def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> bool:
     """Join `address` (or RAY_ADDRESS); else start a local runtime on 127.0.0.1.
 
     A local runtime advertises the machine's cores PLUS `reserved_cpus` (what trainer workers or Tune
     trials will hold), so Ray Data always has the real cores left for its tasks. Logical CPUs are
     only a scheduling budget: the kernel still shares the real cores among the processes.
+    Returns True when this process started the runtime (a single machine, nothing autoscales).
     """
     if ray.is_initialized():
-        return
+        return False
     address = address or os.environ.get("RAY_ADDRESS")
     runtime_env = {"env_vars": WORKER_ENV}
     if address:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-        return
+        return False
     num_cpus = (os.cpu_count() or 1) + reserved_cpus
     ray.init(num_cpus=int(round(num_cpus + 0.499)), _node_ip_address="127.0.0.1",
              dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)
+    return True
+
+
+def require_gpus(needed: float) -> None:
+    """Fail fast instead of waiting forever for GPUs a machine does not have."""
+    have = ray.cluster_resources().get("GPU", 0)
+    if have < needed:
+        raise ValueError(f"this needs {needed:g} GPU(s) but the local Ray runtime has {have:g}; "
+                         "drop --use-gpu, or join a GPU cluster with --address")

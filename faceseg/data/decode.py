@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceseg.atomic import write_atomic
 from faceseg.data.layouts import Sample
 from faceseg.labels import INVALID_ID, NUM_CLASSES, Remap
 
@@ -137,11 +138,8 @@ def class_pixel_counts(masks: np.ndarray) -> np.ndarray:
 
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    """Write a PNG under a temporary name then rename, so a killed writer never leaves half a file."""
-    path = Path(path)
+    """A PNG that appears whole or not at all."""
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_bytes(encoded.tobytes())
-    tmp.replace(path)
+    write_atomic(path, encoded.tobytes())

@@ -137,6 +137,7 @@ def prepare_cache(source: Source, out: Path | str, size: int = 256, strict: bool
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()   # here, not in a Ray task: an unwritable destination is a plain error before any work
     tally = Tally.remote()
     try:
         for split in SPLITS:

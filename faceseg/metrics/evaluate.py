@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceseg.atomic import write_atomic
 from faceseg.data.decode import BadFileError, read_label
 from faceseg.data.layouts import DatasetError, discover
 from faceseg.metrics.confusion import ConfusionMatrix
@@ -52,6 +53,4 @@ def evaluate_folders(gt_dir: Path | str, pred_dir: Path | str, layout: str = "au
 def write_report(report: dict, path: Path | str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report, indent=2))

@@ -19,7 +19,7 @@ import numpy as np
 import ray
 
 import faceseg  # noqa: F401
-from faceseg.data.decode import BadFileError, read_image, read_label, resize_image, write_png_atomic
+from faceseg.data.decode import BadFileError, check_same_aspect, read_image, read_label, resize_image, write_png_atomic
 from faceseg.data.layouts import DatasetError, Sample, Source, discover, discover_images
 from faceseg.labels import NUM_CLASSES, Remap
 from faceseg.metrics import ConfusionMatrix, format_report
@@ -36,7 +36,7 @@ class PredictSummary:
     output: Path
     predicted: int
     skipped: int
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)   # "file: reason", one per image not predicted
     seconds: float = 0.0
     report: dict | None = None
 
@@ -44,7 +44,7 @@ class PredictSummary:
         rate = self.predicted / self.seconds if self.seconds else 0.0
         lines = [f"predicted {self.predicted} images in {self.seconds:.1f} s ({rate:.1f} images/s); "
                  f"{self.skipped} already done; {len(self.failed)} failed"]
-        lines += [f"  bad file: {path}: {reason}" for path, reason in self.failed]
+        lines += [f"  bad file: {message}" for message in self.failed]
         if self.report:
             lines += [format_report(self.report), f"report:   {self.output / REPORT}"]
         lines.append(f"labels:   {self.output}")
@@ -72,7 +72,7 @@ def load_batch(batch: dict, size: int) -> dict:
             images[i] = resize_image(read_image(path), size)
             errors.append("")
         except BadFileError as error:
-            errors.append(error.reason)
+            errors.append(str(error))
     return {**batch, "pixels": images, "error": np.array(errors, dtype=object)}
 
 
@@ -111,16 +111,19 @@ def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
         try:
             image = read_image(sample.image)
             gt = read_label(sample, remap) if sample.has_label else None
+            if gt is not None:
+                check_same_aspect(image.shape, gt.shape, sample.label or sample.parts[0][1])
             height, width = (gt.shape if gt is not None else image.shape[:2])  # score at the GT's resolution
             pred = _resize_probs(batch["probs"][i], height, width)
-            write_png_atomic(out / sample.prediction_name, pred)
             if overlay:
                 write_png_atomic(out / OVERLAYS / f"{Path(sample.prediction_name).stem}.png",
                                  cv2.cvtColor(make_overlay(image, pred, gt), cv2.COLOR_RGB2BGR))
+            # The label PNG goes last: its presence is what marks the image done for a re-run.
+            write_png_atomic(out / sample.prediction_name, pred)
             if gt is not None:
                 confusion[i] = ConfusionMatrix().add(gt, pred).counts.reshape(-1)
-        except BadFileError as error:
-            errors[i] = error.reason
+        except (BadFileError, OSError) as error:
+            errors[i] = str(error)
     return {"image": batch["image"], "has_label": np.array([s.has_label for s in samples]),
             "error": np.array(errors, dtype=object), "confusion": confusion}
 
@@ -159,10 +162,9 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
         dataset = dataset.map_batches(write_batch, batch_size=batch_size,
                                       fn_kwargs={"output": str(output), "overlay": overlay, "remap": source.remap})
         for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            for path, error, has_label, counts in zip(result["image"], result["error"], result["has_label"],
-                                                      result["confusion"]):
+            for error, has_label, counts in zip(result["error"], result["has_label"], result["confusion"]):
                 if error:
-                    failed.append((path, error))
+                    failed.append(error)
                 elif has_label:
                     confusion.merge(ConfusionMatrix(counts.reshape(NUM_CLASSES, NUM_CLASSES).copy(), images=1))
     _score_existing(done, output, source.remap, confusion)

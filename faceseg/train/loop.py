@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from faceseg.atomic import write_atomic
 from faceseg.config import Config, TrainConfig
 from faceseg.data.augment import augment_batch
 from faceseg.metrics import ConfusionMatrix
@@ -99,9 +100,7 @@ def read_history(checkpoint: Path | None) -> list[dict]:
 
 
 def write_history(path: Path, history: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
 
 
 def format_row(row: dict, header: bool = False) -> str:

@@ -14,7 +14,7 @@ import ray.data
 import faceseg  # noqa: F401
 from faceseg.config import Config
 from faceseg.data.cache import Cache
-from faceseg.runtime import WORKER_ENV, init_ray
+from faceseg.runtime import WORKER_ENV, init_ray, require_gpus
 from faceseg.model.saved import MODEL_FILE
 from faceseg.train.loop import HISTORY_FILE, read_history, train_loop, write_history
 from faceseg.train.session import BEST_METRIC, LocalSession, RaySession
@@ -136,7 +136,9 @@ def run_training(args) -> TrainResult:
     config, run_dir = resolve_run(args)
     local = bool(getattr(args, "local", False))
     reserved = 0.0 if local else config.scaling.num_workers * config.scaling.cpus_per_worker
-    init_ray(getattr(args, "address", None), reserved_cpus=reserved)
+    started_here = init_ray(getattr(args, "address", None), reserved_cpus=reserved)
+    if started_here and config.scaling.use_gpu and not local:
+        require_gpus(config.scaling.num_workers * config.scaling.gpus_per_worker)
     return train(config, run_dir, local)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import ray.train
 import tensorflow as tf
 
+from faceseg.atomic import write_atomic
 from faceseg.data.cache import Cache
 
 BEST_METRIC = "val_f1_overall"
@@ -95,9 +96,7 @@ class LocalSession:
         if index.get("best") is None or metrics[BEST_METRIC] > index.get("best_score", -1.0):
             index.update(best=name, best_score=metrics[BEST_METRIC])
         index["latest"] = name
-        tmp = self.index_path.with_suffix(".partial")
-        tmp.write_text(json.dumps(index))
-        tmp.replace(self.index_path)  # the index only ever names complete checkpoints
+        write_atomic(self.index_path, json.dumps(index))  # the index only ever names complete checkpoints
         for old in self.root.glob("checkpoint_epoch_*"):
             if old.name not in (index["best"], index["latest"]):
                 shutil.rmtree(old, ignore_errors=True)

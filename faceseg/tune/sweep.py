@@ -9,7 +9,7 @@ The sweep file holds plain data:
   scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
   num_samples: 8
   max_concurrent_trials: 2
-  trial_cpus: 0                             # the trial itself only waits on its trainer
+  trial_cpus: 0.01                          # the trial itself only waits on its trainer (must be > 0)
 
 The data cache is prepared ONCE into the sweep's folder and shared by every trial.
 Outputs: results.csv, best_config.yaml (a valid `faceseg train --config`), best_model.keras, trials/.
@@ -148,7 +148,7 @@ def _trial_table(results, space_keys: list[str], metric: str, mode: str) -> pd.D
             "val_loss": (result.metrics or {}).get("val_loss"),
             f"final_{metric}": (result.metrics or {}).get(metric),
             f"best_{metric}": best,
-            "error": str(result.error).splitlines()[0][:200] if result.error else "",
+            "error": str(result.error).strip().splitlines()[-1][:300] if result.error else "",
         })
     return pd.DataFrame(rows)
 
@@ -183,7 +183,10 @@ def run_sweep(args) -> SweepSummary:
 
     objective = sweep.get("objective", {})
     metric, mode = objective.get("metric", "val_f1_overall"), objective.get("mode", "max")
-    trainable = ray.tune.with_resources(run_trial, {"CPU": float(sweep.get("trial_cpus", 0))})
+    trial_cpus = float(sweep.get("trial_cpus", 0.01))
+    if trial_cpus <= 0:
+        raise ValueError(f"{args.config}: trial_cpus must be > 0 (Tune cannot place an empty trial); use 0.01")
+    trainable = ray.tune.with_resources(run_trial, {"CPU": trial_cpus})
     space = {"base": base, "cache": str(cache), "folder": str(folder),
              "sampled": {key: _sampler(spec) for key, spec in sweep["space"].items()}}
     storage = str(folder)
