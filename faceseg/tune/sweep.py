@@ -102,8 +102,7 @@ def prepare_sweep_data(sweep: dict, folder: Path) -> Path:
 
 
 def trial_config(base: dict, sampled: dict, cache: Path) -> Config:
-    flat = {key: value for key, value in sampled.items()}
-    return Config.from_dict(base).with_overrides({**flat, "data.cache": str(cache), "data.data": None})
+    return Config.from_dict(base).with_overrides({**sampled, "data.cache": str(cache), "data.data": None})
 
 
 def run_trial(trial: dict) -> None:
@@ -139,14 +138,17 @@ def _trial_table(results, space_keys: list[str], metric: str, mode: str) -> pd.D
         if history is not None and metric in history:
             best = history[metric].max() if mode == "max" else history[metric].min()
         sampled = result.config["sampled"] if result.config else {}
+        metrics = result.metrics or {}
+        planned = trial_config(result.config["base"], sampled, Path(result.config["cache"])).train.epochs
+        epochs = int(metrics.get("epoch", 0))
         rows.append({
-            "trial": Path(result.path).name if result.path else "?",
+            "trial": metrics.get("trial_id") or (Path(result.path).name if result.path else "?"),
             **{key: sampled.get(key) for key in space_keys},
-            "status": "failed" if result.error else "ok",
-            "epochs": int(result.metrics.get("epoch", 0)) if result.metrics else 0,
-            "loss": (result.metrics or {}).get("loss"),
-            "val_loss": (result.metrics or {}).get("val_loss"),
-            f"final_{metric}": (result.metrics or {}).get(metric),
+            "status": "failed" if result.error else "ok" if epochs >= planned else "stopped early",
+            "epochs": epochs,
+            "loss": metrics.get("loss"),
+            "val_loss": metrics.get("val_loss"),
+            f"final_{metric}": metrics.get(metric),
             f"best_{metric}": best,
             "error": str(result.error).strip().splitlines()[-1][:300] if result.error else "",
         })
@@ -211,6 +213,6 @@ def run_sweep(args) -> SweepSummary:
     best_config = trial_config(base, result.config["sampled"], cache)
     best_config.to_yaml(folder / "best_config.yaml")
     shutil.copyfile(Path(row[CHECKPOINT_PATH]) / "model.keras", folder / "best_model.keras")
-    best = {"metric": metric, "value": float(row[metric]), "trial": Path(result.path).name,
+    best = {"metric": metric, "value": float(row[metric]), "trial": result.metrics.get("trial_id", "?"),
             "epoch": int(row["epoch"])}
     return SweepSummary(folder, table, best, time.perf_counter() - start)
