@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 
 import ray
@@ -26,7 +27,7 @@ def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> bool:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
         return False
     num_cpus = (os.cpu_count() or 1) + reserved_cpus
-    ray.init(num_cpus=int(round(num_cpus + 0.499)), _node_ip_address="127.0.0.1",
+    ray.init(num_cpus=math.ceil(num_cpus), _node_ip_address="127.0.0.1",
              dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)
     return True
 

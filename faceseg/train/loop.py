@@ -72,14 +72,19 @@ def load_batches(data, batch_size: int) -> list[dict]:
     return list(data.iter_batches(batch_size=batch_size, batch_format="numpy"))
 
 
-def validate(model: keras.Model, loss_fn, val_batches: list[dict]) -> dict:
-    """Loss and the Helen metrics of CONVENTIONS section 4 over every image of the val split."""
+def make_val_step(model: keras.Model, loss_fn):
+    """One traced function for the whole run: (images, masks) -> (per-image loss, predicted ids)."""
 
     @tf.function
-    def forward(images, masks):
+    def val_step(images, masks):
         logits = model(images, training=False)
         return loss_fn(masks, logits), tf.argmax(logits, axis=-1, output_type=tf.int32)
 
+    return val_step
+
+
+def validate(forward, val_batches: list[dict]) -> dict:
+    """Loss and the Helen metrics of CONVENTIONS section 4 over every image of the val split."""
     confusion, losses = ConfusionMatrix(), []
     for batch in val_batches:
         loss, pred = forward(tf.constant(batch["image"]), tf.constant(batch["mask"]))
@@ -126,6 +131,8 @@ class EpochEnd(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         # The same layers, uncompiled: the exported model.keras carries no optimizer state.
         self.export = keras.Model(self.model.inputs, self.model.outputs, name=self.model.name)
+        # Built once: a tf.function made inside validate() would be re-traced every epoch.
+        self.val_step = make_val_step(self.model, self.loss_fn)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started, self.steps = time.perf_counter(), 0
@@ -139,7 +146,7 @@ class EpochEnd(keras.callbacks.Callback):
         train_seconds = time.perf_counter() - self.started
         if self.val_batches is None:
             self.val_batches = load_batches(self.session.val_data(), self.config.train.batch_size)
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), **validate(self.model, self.loss_fn, self.val_batches),
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), **validate(self.val_step, self.val_batches),
                "steps": self.steps, "images_per_second": self.steps * self.global_batch / train_seconds}
         row["seconds"] = time.perf_counter() - self.started
         self.history.append(row)
