@@ -3,12 +3,13 @@ import json
 
 import cv2
 import numpy as np
+import pyarrow.dataset as pa_dataset
 import pyarrow.parquet as pq
 import pytest
 
 from datasets import face, save_grey, save_rgb, write_celebamask, write_lapa, write_pairs
 from faceseg.cli import main
-from faceseg.data.cache import Cache
+from faceseg.data.cache import Cache, CacheError
 from faceseg.data.layouts import DatasetError, detect_layout, discover, discover_pairs, hold_out_validation
 from faceseg.data.prepare import PrepareError, prepare_cache
 
@@ -17,8 +18,8 @@ SIZE = 32
 
 def cached_rows(cache, split):
     """All rows of a cache split, read back with plain pyarrow (not through faceseg)."""
-    table = pq.read_table(cache / split)
-    masks = np.stack([np.asarray(m).reshape(SIZE, SIZE) for m in table.column("mask").to_pylist()])
+    table = pq.read_table(cache / f"split={split}")
+    masks = np.stack([np.frombuffer(m, np.uint8).reshape(SIZE, SIZE) for m in table.column("mask").to_pylist()])
     return table.column("name").to_pylist(), masks, table
 
 
@@ -28,14 +29,28 @@ def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     assert manifest["counts"] == {"train": 216, "val": 24, "test": 12}      # 10% of train held out
     assert abs(sum(manifest["class_pixel_frequency"].values()) - 1) < 1e-3
     assert manifest["label_names"][4] == "le" and manifest["faceseg_version"]
-    table = pq.read_table(cache_dir / "train")
+    # Plain pyarrow: every split in one table, the split column from the Hive folder names.
+    table = pa_dataset.dataset(cache_dir, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     assert set(table.column_names) >= {"image", "mask", "name", "height", "width", "split"}
+    assert sorted(table.column("split").to_pylist()).count("val") == 24 and table.num_rows == 252
     assert table.column("height").to_pylist()[0] == 96
-    image = np.asarray(table.column("image").to_pylist()[0])
-    assert image.dtype == np.uint8 and image.shape == (64, 64, 3)
-    ds = Cache.open(cache_dir).dataset("val")
+    assert table.schema.field("image").type.byte_width == 64 * 64 * 3   # the uint8 tensor's bytes
+    cache = Cache.open(cache_dir)
+    ds = cache.dataset("val")
     batch = next(iter(ds.iter_batches(batch_size=4, batch_format="numpy")))
     assert batch["image"].shape == (4, 64, 64, 3) and batch["mask"].dtype == np.uint8
+    arrays = cache.arrays("val")
+    first = table.filter(pa_dataset.field("split") == "val").column("image")[0].as_py()
+    assert arrays["image"].shape == (24, 64, 64, 3)
+    assert any((image == np.frombuffer(first, np.uint8).reshape(64, 64, 3)).all() for image in arrays["image"])
+
+
+def test_cache_of_another_format_is_a_clear_error(tmp_path, cache_dir):
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    del manifest["format"]                              # what faceseg 0.1 caches (tensor columns) look like
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="older faceseg.*Rebuild it with `faceseg prepare`"):
+        Cache.open(tmp_path)
 
 
 def test_hold_out_is_deterministic(synth_dir):

@@ -1,8 +1,11 @@
 """`faceseg prepare`: Ray Data preprocessing of a data set into the Parquet cache (CONVENTIONS section 3).
 
-   discovered samples --from_items--> map_batches(decode, resize) --write_parquet--> CACHE/<split>/
-                                             |
-                                             +--> Tally actor: bad files, rows, class pixel counts
+   every split's samples --from_items--> map_batches(decode, resize) --write_parquet--> CACHE/split=<split>/
+                                               |
+                                               +--> Tally actor: bad files, rows, class pixel counts
+
+One pipeline for all splits (Hive-partitioned by `split`): a Ray Data execution has a start and a tail
+of idle cores, and a pipeline per split paid them once per split.
 
 The cache is built in a temporary sibling folder and renamed into place at the end, so a failed or
 interrupted run never leaves a half-written cache.
@@ -18,15 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 import faceseg
+from faceseg.data.cache import FORMAT, MANIFEST, PARQUET_OPTIONS, encode_tensor
 from faceseg.data.decode import BadFileError, class_pixel_counts, load_sample
 from faceseg.data.layouts import SPLITS, Sample, Source, hold_out_validation
 from faceseg.labels import LABEL_NAMES, NUM_CLASSES
 
 BATCH_SIZE = 16
-MANIFEST = "manifest.json"
+ROWS_PER_TASK = 64   # many short equal tasks (each writes one file) keep every core busy to the end
 
 
 class PrepareError(ValueError):
@@ -42,23 +47,18 @@ class Tally:
         self.rows: dict[str, int] = {}
         self.pixels: dict[str, np.ndarray] = {}
 
-    def add(self, split: str, rows: int, pixels: np.ndarray, problems: list) -> None:
-        self.rows[split] = self.rows.get(split, 0) + rows
-        self.pixels[split] = self.pixels.get(split, np.zeros(NUM_CLASSES, np.int64)) + pixels
+    def add(self, rows: dict[str, int], pixels: dict[str, np.ndarray], problems: list) -> None:
+        for split in rows:
+            self.rows[split] = self.rows.get(split, 0) + rows[split]
+            self.pixels[split] = self.pixels.get(split, np.zeros(NUM_CLASSES, np.int64)) + pixels[split]
         self.problems.extend(problems)
 
     def result(self) -> tuple[dict, dict, list]:
         return self.rows, self.pixels, self.problems
 
 
-def _empty_batch(size: int) -> dict:
-    return {"image": np.zeros((0, size, size, 3), np.uint8), "mask": np.zeros((0, size, size), np.uint8),
-            "name": np.array([], dtype=object), "height": np.zeros(0, np.int32),
-            "width": np.zeros(0, np.int32), "split": np.array([], dtype=object)}
-
-
-def decode_batch(batch: dict, source: Source, size: int, tally) -> dict:
-    """Ray Data map_batches: rows of sample fields -> rows of uint8 tensors; bad files go to the tally."""
+def decode_batch(batch: dict, source: Source, size: int, tally) -> pa.Table:
+    """Ray Data map_batches: rows of sample fields -> rows of the cache; bad files go to the tally."""
     rows, problems = [], []
     for i in range(len(batch["name"])):
         sample = Sample.from_row({key: column[i] for key, column in batch.items()})
@@ -66,17 +66,19 @@ def decode_batch(batch: dict, source: Source, size: int, tally) -> dict:
             rows.append(load_sample(sample, source.remap, size))
         except BadFileError as error:
             problems.append((error.path, error.reason))
-    out = _empty_batch(size) if not rows else {
-        "image": np.stack([r["image"] for r in rows]),            # (B, S, S, 3) uint8
-        "mask": np.stack([r["mask"] for r in rows]),              # (B, S, S) uint8 class ids
-        "name": np.array([r["name"] for r in rows], dtype=object),
-        "height": np.array([r["height"] for r in rows], np.int32),
-        "width": np.array([r["width"] for r in rows], np.int32),
-        "split": np.array([r["split"] for r in rows], dtype=object),
-    }
-    split = batch["split"][0] if len(batch["split"]) else "?"
-    ray.get(tally.add.remote(split, len(rows), class_pixel_counts(out["mask"]), problems))
-    return out
+    masks = np.stack([r["mask"] for r in rows]) if rows else np.zeros((0, size, size), np.uint8)  # (B, S, S)
+    images = np.stack([r["image"] for r in rows]) if rows else np.zeros((0, size, size, 3), np.uint8)  # (B, S, S, 3)
+    splits = np.array([r["split"] for r in rows], dtype=object)
+    counts = {split: int((splits == split).sum()) for split in set(splits)}   # a batch may straddle two splits
+    pixels = {split: class_pixel_counts(masks[splits == split]) for split in counts}
+    ray.get(tally.add.remote(counts, pixels, problems))
+    return pa.table({
+        "image": encode_tensor(images), "mask": encode_tensor(masks),
+        "name": pa.array([r["name"] for r in rows], pa.string()),
+        "height": pa.array([r["height"] for r in rows], pa.int32()),
+        "width": pa.array([r["width"] for r in rows], pa.int32()),
+        "split": pa.array([r["split"] for r in rows], pa.string()),
+    })
 
 
 @dataclass
@@ -140,21 +142,15 @@ def prepare_cache(source: Source, out: Path | str, size: int = 256, strict: bool
     tmp.mkdir()   # here, not in a Ray task: an unwritable destination is a plain error before any work
     tally = Tally.remote()
     try:
-        for split in SPLITS:
-            split_samples = [s for s in samples if s.split == split]
-            if not split_samples:
-                continue
-            dataset = ray.data.from_items([s.to_row() for s in split_samples],
-                                          override_num_blocks=max(1, len(split_samples) // 64))
-            dataset = dataset.map_batches(decode_batch, batch_size=BATCH_SIZE, batch_format="numpy",
-                                          fn_kwargs={"source": source, "size": size, "tally": tally})
-            dataset.write_parquet(str(tmp / split), min_rows_per_file=256)
+        in_split_order = sorted(samples, key=lambda s: SPLITS.index(s.split))  # mostly one split per file
+        dataset = ray.data.from_items([s.to_row() for s in in_split_order],
+                                      override_num_blocks=max(1, -(-len(samples) // ROWS_PER_TASK)))
+        dataset = dataset.map_batches(decode_batch, batch_size=BATCH_SIZE, batch_format="numpy",
+                                      fn_kwargs={"source": source, "size": size, "tally": tally})
+        dataset.write_parquet(str(tmp), partition_cols=["split"], **PARQUET_OPTIONS)
         rows, pixels, problems = ray.get(tally.result.remote())
         report_problems(problems, strict)
         counts = {split: rows[split] for split in SPLITS if rows.get(split)}
-        for split in SPLITS:
-            if split not in counts:
-                shutil.rmtree(tmp / split, ignore_errors=True)
         if not counts:
             raise PrepareError(f"{source.root}: every file was bad; nothing to cache")
         _write_manifest(tmp, source, size, counts, pixels, source.problems + problems)
@@ -170,7 +166,7 @@ def _write_manifest(folder: Path, source: Source, size: int, counts: dict, pixel
     train_pixels = pixels.get("train", sum(pixels.values()))
     frequency = train_pixels / max(train_pixels.sum(), 1)
     manifest = {
-        "source": str(source.root), "layout": source.layout, "size": size, "counts": counts,
+        "format": FORMAT, "source": str(source.root), "layout": source.layout, "size": size, "counts": counts,
         "class_pixel_frequency": {name: round(float(f), 6) for name, f in zip(LABEL_NAMES, frequency)},
         "label_names": list(LABEL_NAMES), "source_label_names": list(source.remap.source_names),
         "remap": source.remap.describe(),

@@ -66,14 +66,16 @@ def find_inputs(folder: Path, layout: str) -> Source:
 
 def load_batch(batch: dict, size: int) -> dict:
     """Decode and resize as training did; a bad image gets a zero image and its error message."""
-    images, errors = np.zeros((len(batch["image"]), size, size, 3), np.uint8), []
+    images, errors = np.zeros((len(batch["image"]), size, size, 3), np.uint8), []   # (B, S, S, 3)
+    original = np.zeros((len(batch["image"]), 2), np.int32)                          # (B, [H, W])
     for i, path in enumerate(batch["image"]):
         try:
-            images[i] = resize_image(read_image(path), size)
+            image, original[i] = read_image(path, size)
+            images[i] = resize_image(image, size)
             errors.append("")
         except BadFileError as error:
             errors.append(str(error))
-    return {**batch, "pixels": images, "error": np.array(errors, dtype=object)}
+    return {**batch, "pixels": images, "original_size": original, "error": np.array(errors, dtype=object)}
 
 
 class Predictor:
@@ -99,7 +101,7 @@ def _resize_probs(probs: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
     """Resize back, write PNGs (and overlays), score against ground truth; returns small result rows."""
-    from faceseg.predict.overlay import make_overlay
+    from faceseg.predict.overlay import PANEL_HEIGHT, make_overlay
 
     out = Path(output)
     samples = [Sample.from_row({key: column[i] for key, column in batch.items()}) for i in range(len(batch["image"]))]
@@ -109,13 +111,14 @@ def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
         if errors[i]:
             continue
         try:
-            image = read_image(sample.image)
+            original = tuple(batch["original_size"][i])
             gt = read_label(sample, remap) if sample.has_label else None
             if gt is not None:
-                check_same_aspect(image.shape, gt.shape, sample.label or sample.parts[0][1])
-            height, width = (gt.shape if gt is not None else image.shape[:2])  # score at the GT's resolution
+                check_same_aspect(original, gt.shape, sample.label or sample.parts[0][1])
+            height, width = (gt.shape if gt is not None else original)  # score at the GT's resolution
             pred = _resize_probs(batch["probs"][i], height, width)
             if overlay:
+                image = read_image(sample.image, PANEL_HEIGHT)[0]   # the overlay is PANEL_HEIGHT px high
                 write_png_atomic(out / OVERLAYS / f"{Path(sample.prediction_name).stem}.png",
                                  cv2.cvtColor(make_overlay(image, pred, gt), cv2.COLOR_RGB2BGR))
             # The label PNG goes last: its presence is what marks the image done for a re-run.
