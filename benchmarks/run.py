@@ -76,12 +76,18 @@ def bench_prepare(work: Path, quick: bool) -> dict:
         write_synthetic_dataset(data, train=n, test=0, size=SIZES["prepare_source_px"][not quick], seed=1)
     single = single_loop(data)
     pool = pool_loop(data)
-    summary = prepare_cache(discover(data), work / "cache-prepare", size=256)
+    # The first call in a driver also starts Ray's worker processes (each imports Ray Data, pyarrow and
+    # OpenCV); a later call, like every job on a running service after its first, finds them up.
+    first = prepare_cache(discover(data), work / "cache-prepare", size=256)
+    warm = prepare_cache(discover(data), work / "cache-prepare", size=256)
     return {"images": n, "source_px": SIZES["prepare_source_px"][not quick], "target_px": 256,
             "single_images_per_s": single, "pool_images_per_s": pool,
-            "faceseg_images_per_s": summary.images_per_second,
-            "ratios": {"prepare_vs_single": summary.images_per_second / single,
-                       "prepare_vs_pool": summary.images_per_second / pool}}
+            "faceseg_first_call_images_per_s": first.images_per_second,
+            "faceseg_images_per_s": warm.images_per_second,
+            "ratios": {"prepare_vs_single": warm.images_per_second / single,
+                       "prepare_vs_pool": warm.images_per_second / pool},
+            "first_call_ratios": {"prepare_vs_single": first.images_per_second / single,
+                                  "prepare_vs_pool": first.images_per_second / pool}}
 
 
 # --- 2. training ingest ------------------------------------------------------------------------------------
@@ -95,16 +101,15 @@ def _train_config(cache: Path, epochs: int, workers: int, px: int = 128) -> dict
 
 def inmemory_fit(cache: Path, epochs: int, px: int) -> float:
     """The seed's approach: the whole split as NumPy arrays in one process, model.fit, same model and batch."""
-    import pyarrow.parquet as pq
     import tf_keras as keras
 
     from faceseg.config import Config
+    from faceseg.data.cache import Cache
     from faceseg.model.losses import class_weights, make_loss
     from faceseg.model.unet import build_unet
 
-    table = pq.read_table(cache / "train")
-    images = np.stack([np.asarray(x, np.uint8) for x in table.column("image").to_pylist()])
-    masks = np.stack([np.asarray(x, np.uint8) for x in table.column("mask").to_pylist()])
+    arrays = Cache.open(cache).arrays("train")
+    images, masks = arrays["image"], arrays["mask"]               # (N, S, S, 3), (N, S, S) uint8
     config = Config.from_dict(_train_config(cache, epochs, 1, px))
     manifest = json.loads((cache / "manifest.json").read_text())
     model = build_unet(config.model, px)
@@ -251,9 +256,12 @@ def bench_predict(work: Path, quick: bool) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     summary = predict_folder(model_path, data / "test", out, batch_size=16, overwrite=True)
     assert summary.predicted == n
+    # Steady state, as for the baseline (warmed up, model in memory): from the first finished batch on.
     return {"images": n, "px": 256, "model_predict_images_per_s": baseline,
-            "faceseg_images_per_s": summary.predicted / summary.seconds,
-            "ratios": {"predict_vs_model_predict": summary.predicted / summary.seconds / baseline}}
+            "faceseg_images_per_s": summary.steady_images_per_second,
+            "faceseg_whole_call_images_per_s": summary.predicted / summary.seconds,
+            "ratios": {"predict_vs_model_predict": summary.steady_images_per_second / baseline},
+            "whole_call_ratio": summary.predicted / summary.seconds / baseline}
 
 
 # --- report ---------------------------------------------------------------------------------------------------

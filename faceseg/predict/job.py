@@ -38,11 +38,13 @@ class PredictSummary:
     skipped: int
     failed: list[str] = field(default_factory=list)   # "file: reason", one per image not predicted
     seconds: float = 0.0
+    steady_images_per_second: float = 0.0   # after the first finished batch: start-up and model load excluded
     report: dict | None = None
 
     def format(self) -> str:
         rate = self.predicted / self.seconds if self.seconds else 0.0
-        lines = [f"predicted {self.predicted} images in {self.seconds:.1f} s ({rate:.1f} images/s); "
+        steady = f", {self.steady_images_per_second:.1f}/s once running" if self.steady_images_per_second else ""
+        lines = [f"predicted {self.predicted} images in {self.seconds:.1f} s ({rate:.1f} images/s{steady}); "
                  f"{self.skipped} already done; {len(self.failed)} failed"]
         lines += [f"  bad file: {message}" for message in self.failed]
         if self.report:
@@ -155,7 +157,7 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
     print(f"{len(source.samples)} images in {input_dir} ({source.layout}); {len(done)} already predicted; "
           f"model {model_path} at {size} px", flush=True)
 
-    confusion, failed = ConfusionMatrix(), []
+    confusion, failed, steady = ConfusionMatrix(), [], 0.0
     if todo:
         dataset = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=max(1, min(len(todo) // batch_size, 200)))
         dataset = dataset.map_batches(load_batch, fn_kwargs={"size": size}, batch_size=batch_size)
@@ -164,14 +166,21 @@ def predict_folder(model: Path | str, input_dir: Path | str, output: Path | str,
                                       num_gpus=num_gpus or None)
         dataset = dataset.map_batches(write_batch, batch_size=batch_size,
                                       fn_kwargs={"output": str(output), "overlay": overlay, "remap": source.remap})
+        first_done, finished = None, 0
         for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_done is None:
+                first_done = time.perf_counter()
+            else:
+                finished += len(result["error"])
             for error, has_label, counts in zip(result["error"], result["has_label"], result["confusion"]):
                 if error:
                     failed.append(error)
                 elif has_label:
                     confusion.merge(ConfusionMatrix(counts.reshape(NUM_CLASSES, NUM_CLASSES).copy(), images=1))
+        if finished:
+            steady = finished / (time.perf_counter() - first_done)
     _score_existing(done, output, source.remap, confusion)
-    summary = PredictSummary(output, len(todo) - len(failed), len(done), failed, time.perf_counter() - start)
+    summary = PredictSummary(output, len(todo) - len(failed), len(done), failed, time.perf_counter() - start, steady)
     if any(s.has_label for s in source.samples):
         summary.report = confusion.report()
         write_report(summary.report, output / REPORT)

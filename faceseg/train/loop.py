@@ -122,6 +122,9 @@ class EpochEnd(keras.callbacks.Callback):
     def __init__(self, session, checkpoint_state: tf.train.Checkpoint, loss_fn, history: list[dict],
                  config: Config, run_dir: Path | None, global_batch: int):
         super().__init__()
+        # The batch hook only counts: without this, Keras copies every step's logs to numpy for it,
+        # a host sync after each step.
+        self._supports_tf_logs = True
         self.global_batch, self.val_batches = global_batch, None
         self.session, self.state, self.loss_fn = session, checkpoint_state, loss_fn
         self.history, self.config, self.run_dir = history, config, run_dir
@@ -144,10 +147,11 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self.started
+        steps = self.steps
         if self.val_batches is None:
             self.val_batches = load_batches(self.session.val_data(), self.config.train.batch_size)
         row = {"epoch": epoch + 1, "loss": float(logs["loss"]), **validate(self.val_step, self.val_batches),
-               "steps": self.steps, "images_per_second": self.steps * self.global_batch / train_seconds}
+               "steps": steps, "images_per_second": steps * self.global_batch / train_seconds}
         row["seconds"] = time.perf_counter() - self.started
         self.history.append(row)
         folder = scratch_dir()

@@ -6,8 +6,11 @@ from tqdm.auto import tqdm
 
 
 class EpochProgressBar(keras.callbacks.Callback):
+    LOSS_EVERY = 10   # batches; reading the loss is a host sync
+
     def __init__(self, steps_per_epoch: int, epochs: int):
         super().__init__()
+        self._supports_tf_logs = True   # Keras then skips its per-step copy of every log to numpy
         self.steps, self.epochs, self.bar = steps_per_epoch, epochs, None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -15,7 +18,8 @@ class EpochProgressBar(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if batch % self.LOSS_EVERY == 0:
+            self.bar.set_postfix(loss=f"{float(logs['loss']):.4f}")
 
     def on_epoch_end(self, epoch, logs=None):
         self.bar.close()
