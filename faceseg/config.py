@@ -14,6 +14,8 @@ class DataConfig:
     data: str | None = None         # or a raw data set, prepared into <output>/cache first
     layout: str = "auto"
     size: int = 128                 # side of the square training grid, pixels
+    in_memory: str = "auto"         # auto | yes | no: keep the train split in Ray's object store between
+                                    # epochs (auto: when it takes under half of its free memory)
 
 
 @dataclass

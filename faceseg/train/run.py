@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray.data
+from ray.data.dataset import MaterializedDataset
 
 import faceseg  # noqa: F401
 from faceseg.config import Config
@@ -103,7 +104,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": cache.dataset("train"), "val": cache.dataset("val")},
+        datasets={"train": train_dataset(cache, config), "val": cache.dataset("val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS, storage_path=str(run_dir),
@@ -120,13 +121,22 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
     return Path(best_checkpoint.path), Path(result.checkpoint.path)
 
 
+def train_dataset(cache: Cache, config: Config) -> ray.data.Dataset:
+    dataset = cache.dataset_for_epochs("train", config.data.in_memory)
+    where = ("held in Ray's object store" if isinstance(dataset, MaterializedDataset)
+             else "streamed from the Parquet cache every epoch")
+    print(f"train split: {cache.count('train')} images, {cache.split_bytes('train') / 2**20:.0f} MiB, {where} "
+          f"(data.in_memory: {config.data.in_memory})", flush=True)
+    return dataset
+
+
 def ray_worker_loop(loop_config: dict) -> None:
     train_loop(loop_config, RaySession())
 
 
-def _fit_local(loop_config: dict, cache: Cache, run_dir: Path):
+def _fit_local(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
     ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
-    session = LocalSession(cache, run_dir / CHECKPOINTS / "local")
+    session = LocalSession(train_dataset(cache, config), cache.dataset("val"), run_dir / CHECKPOINTS / "local")
     train_loop(loop_config, session)
     return session.best_checkpoint(), session.latest_checkpoint()
 
@@ -155,7 +165,7 @@ def train(config: Config, run_dir: Path, local: bool = False, callbacks=()) -> T
           f"{cache.size} px, {config.train.epochs} epochs -> {run_dir}", flush=True)
 
     if local:
-        best, latest = _fit_local(loop_config, cache, run_dir)
+        best, latest = _fit_local(loop_config, config, cache, run_dir)
     else:
         best, latest = _fit_ray(loop_config, config, cache, run_dir, callbacks)
     shutil.copyfile(best / MODEL_FILE, run_dir / MODEL_FILE)
