@@ -3,7 +3,8 @@
     python benchmarks/run.py            # the full run (documented figures; ~1 h on 2 cores)
     python benchmarks/run.py --quick    # the same benchmarks, smaller (under 10 min on 2 cores)
 
-Writes benchmarks/results/latest.json (machine, versions, figures, `ratios`) and benchmarks/results/latest.md.
+Writes benchmarks/results/{quick,full}.json and .md (machine, versions, figures, `ratios`), and the same as
+latest.json / latest.md. `--only NAME ...` re-measures those benchmarks and keeps the others of that mode.
 """
 from __future__ import annotations
 
@@ -287,7 +288,7 @@ def markdown(report: dict) -> str:
         op, goal = GOALS[name]
         met = value >= goal if op == ">=" else value <= goal
         lines.append(f"| {name} | {value:.2f} | {op} {goal} | {'yes' if met else 'NO'} |")
-    lines += ["", "```json", json.dumps({k: v for k, v in report.items() if k not in ("ratios",)}, indent=1), "```"]
+    lines += ["", "```json", json.dumps({k: v for k, v in report.items() if k != "ratios"}, indent=1), "```"]
     return "\n".join(lines) + "\n"
 
 
@@ -304,18 +305,24 @@ def main() -> int:
 
     init_ray(reserved_cpus=2)
     benches = {"prepare": bench_prepare, "train": bench_train, "memory": bench_memory, "predict": bench_predict}
-    report = {"quick": args.quick, "machine": machine(), "ratios": {}}
+    results = ROOT / "results"
+    results.mkdir(exist_ok=True)
+    mode = "quick" if args.quick else "full"
+    earlier = results / f"{mode}.json"
+    report = json.loads(earlier.read_text()) if args.only and earlier.is_file() else {}
+    report.update({"quick": args.quick, "machine": machine()})
     for name in args.only or benches:
         start = time.perf_counter()
         print(f"=== {name}", flush=True)
         report[name] = benches[name](work, args.quick)
         report[name]["seconds"] = time.perf_counter() - start
-        report["ratios"].update(report[name]["ratios"])
+        report[name]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
         print(json.dumps(report[name], indent=1), flush=True)
-    results = ROOT / "results"
-    results.mkdir(exist_ok=True)
-    (results / "latest.json").write_text(json.dumps(report, indent=2))
-    (results / "latest.md").write_text(markdown(report))
+    report["ratios"] = {key: value for name in benches if name in report
+                        for key, value in report[name]["ratios"].items()}
+    for stem in (mode, "latest"):
+        (results / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        (results / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

@@ -16,6 +16,7 @@ from conftest import cli_env
 from datasets import save_rgb, write_lapa
 from faceseg.cli import main
 from faceseg.metrics.evaluate import evaluate_folders
+from faceseg.predict.job import steady_rate
 
 
 def pngs(folder: Path) -> list[str]:
@@ -35,6 +36,14 @@ def test_one_png_per_image_at_original_size_and_report_equals_evaluate(trained_r
     report = json.loads((out / "report.json").read_text())
     assert report == evaluate_folders(synth_dir / "test", out)
     assert report["images"] == 12 and 0 <= report["f1"]["overall"] <= 1
+
+
+def test_steady_rate_counts_only_images_of_warm_actors():
+    # Two actors ready at t=10 and t=12; their first batches (warm False) are start-up, not work.
+    ready = [10.0] * 4 + [12.0] * 4 + [10.0] * 4
+    warm = [False] * 4 + [False] * 4 + [True] * 4
+    assert steady_rate(ready, warm, finished_at=12.0) == pytest.approx(4 / 2.0)
+    assert steady_rate([], [], finished_at=1.0) == 0.0
 
 
 def test_bare_folder_of_images_and_a_bad_one(trained_run, synth_dir, tmp_path):
