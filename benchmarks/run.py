@@ -109,14 +109,14 @@ def inmemory_fit(cache: Path, epochs: int, px: int) -> float:
     from faceseg.model.losses import class_weights, make_loss
     from faceseg.model.unet import build_unet
 
-    arrays = Cache.open(cache).arrays("train")
+    split_cache = Cache.open(cache)
+    arrays = split_cache.arrays("train")
     images, masks = arrays["image"], arrays["mask"]               # (N, S, S, 3), (N, S, S) uint8
     config = Config.from_dict(_train_config(cache, epochs, 1, px))
-    manifest = json.loads((cache / "manifest.json").read_text())
+    frequency = list(split_cache.manifest["class_pixel_frequency"].values())
     model = build_unet(config.model, px)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
-                  make_loss(config.train.loss, class_weights(list(manifest["class_pixel_frequency"].values()),
-                                                             config.train.class_weights)))
+                  make_loss(config.train.loss, class_weights(frequency, config.train.class_weights)))
     times = []
 
     class Timer(keras.callbacks.Callback):
@@ -126,10 +126,11 @@ def inmemory_fit(cache: Path, epochs: int, px: int) -> float:
         def on_epoch_end(self, epoch, logs=None):
             times.append(time.perf_counter() - self.start)
 
-    steps = len(images) // config.train.batch_size
-    model.fit(images[: steps * 8], masks[: steps * 8], batch_size=8, epochs=epochs, verbose=0, callbacks=[Timer()],
+    batch = config.train.batch_size
+    rows = len(images) // batch * batch                           # whole batches, as drop_last in faceseg
+    model.fit(images[:rows], masks[:rows], batch_size=batch, epochs=epochs, verbose=0, callbacks=[Timer()],
               shuffle=True)
-    return steps * 8 / float(np.median(times[1:]))      # steady state: skip the tracing epoch
+    return rows / float(np.median(times[1:]))           # steady state: skip the tracing epoch
 
 
 def _steady_rate(run: Path) -> float:
@@ -260,7 +261,8 @@ def bench_predict(work: Path, quick: bool) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     summary = predict_folder(model_path, data / "test", out, batch_size=16, overwrite=True)
     assert summary.predicted == n
-    # Steady state, as for the baseline (warmed up, model in memory): from the first finished batch on.
+    # Steady state, as for the baseline (warmed up, model in memory): from the first batch through a loaded,
+    # traced model to the last PNG (PredictSummary.steady_images_per_second).
     return {"images": n, "px": 256, "model_predict_images_per_s": baseline,
             "faceseg_images_per_s": summary.steady_images_per_second,
             "faceseg_whole_call_images_per_s": summary.predicted / summary.seconds,

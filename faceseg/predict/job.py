@@ -38,7 +38,7 @@ class PredictSummary:
     skipped: int
     failed: list[str] = field(default_factory=list)   # "file: reason", one per image not predicted
     seconds: float = 0.0
-    steady_images_per_second: float = 0.0   # after the first finished batch: start-up and model load excluded
+    steady_images_per_second: float = 0.0   # once the model is loaded and traced (see steady_rate)
     report: dict | None = None
 
     def format(self) -> str:
@@ -92,8 +92,8 @@ class Predictor:
 
     def __call__(self, batch: dict) -> dict:
         pixels = batch.pop("pixels")                                # (B, S, S, 3) uint8, B <= batch_size
-        # Always batch_size rows: each new batch shape re-traces the model (measured: a retrace per odd
-        # block size halved the job's throughput).
+        # Always batch_size rows, so the model is traced once: each new batch shape would re-trace it.
+        # predict_folder makes blocks of at most batch_size rows, so padding costs under one batch a job.
         padded = np.zeros((self.batch_size, *pixels.shape[1:]), pixels.dtype)
         padded[:len(pixels)] = pixels
         probs = self.forward(padded).numpy()[:len(pixels)]         # (B, S, S, 11) float32

@@ -147,11 +147,10 @@ class EpochEnd(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self.started
-        steps = self.steps
         if self.val_batches is None:
             self.val_batches = load_batches(self.session.val_data(), self.config.train.batch_size)
         row = {"epoch": epoch + 1, "loss": float(logs["loss"]), **validate(self.val_step, self.val_batches),
-               "steps": steps, "images_per_second": steps * self.global_batch / train_seconds}
+               "steps": self.steps, "images_per_second": self.steps * self.global_batch / train_seconds}
         row["seconds"] = time.perf_counter() - self.started
         self.history.append(row)
         folder = scratch_dir()
