@@ -11,7 +11,7 @@ from datasets import face, save_grey, save_rgb, write_celebamask, write_lapa, wr
 from faceseg.cli import main
 from faceseg.data.cache import Cache, CacheError
 from faceseg.data.layouts import DatasetError, detect_layout, discover, discover_pairs, hold_out_validation
-from faceseg.data.prepare import PrepareError, prepare_cache
+from faceseg.data.prepare import TALLY_DIR, PrepareError, Tally, prepare_cache
 
 SIZE = 32
 
@@ -35,6 +35,7 @@ def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     assert sorted(table.column("split").to_pylist()).count("val") == 24 and table.num_rows == 252
     assert table.column("height").to_pylist()[0] == 96
     assert table.schema.field("image").type.byte_width == 64 * 64 * 3   # the uint8 tensor's bytes
+    assert not (cache_dir / TALLY_DIR).exists()    # the decode tasks' tallies are summed, then removed
     cache = Cache.open(cache_dir)
     ds = cache.dataset("val")
     batch = next(iter(ds.iter_batches(batch_size=4, batch_format="numpy")))
@@ -63,6 +64,18 @@ def test_cache_of_another_format_is_a_clear_error(tmp_path, cache_dir):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheError, match="older faceseg.*Rebuild it with `faceseg prepare`"):
         Cache.open(tmp_path)
+
+
+def test_tally_of_a_retried_batch_counts_once(tmp_path):
+    first = Tally({"train": 2}, {"train": np.arange(11)}, [("/d/a_image.jpg", "empty file (0 bytes)")])
+    first.write(tmp_path, ["/d/b_image.jpg", "/d/c_image.jpg"])
+    first.write(tmp_path, ["/d/b_image.jpg", "/d/c_image.jpg"])     # the same batch, its task retried
+    Tally({"train": 1, "val": 1}, {"train": np.ones(11, np.int64), "val": np.ones(11, np.int64)}, []).write(
+        tmp_path, ["/d/e_image.jpg", "/d/f_image.jpg"])
+    total = Tally.read(tmp_path)
+    assert total.rows == {"train": 3, "val": 1}
+    assert total.pixels["train"].tolist() == list(range(1, 12)) and total.pixels["val"].sum() == 11
+    assert total.problems == [("/d/a_image.jpg", "empty file (0 bytes)")]
 
 
 def test_hold_out_is_deterministic(synth_dir):
