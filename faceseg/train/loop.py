@@ -29,6 +29,7 @@ from faceseg.train.session import scratch_dir
 
 STATE_DIR = "train_state"
 HISTORY_FILE = "metrics.jsonl"
+READ_ROWS = 64   # rows per hand-over from Ray Data to tf.data
 TABLE_COLUMNS = ("epoch", "loss", "val_loss", "val_pixel_accuracy", "val_mean_iou", "val_f1_overall",
                  "images_per_second", "seconds")
 
@@ -55,9 +56,14 @@ def make_train_dataset(shard, batch_size: int, world_size: int, augment: str, se
     Keras treats a dataset's batch as GLOBAL under a multi-worker strategy and splits each one into
     `world_size` per-replica steps, so a worker reads batch_size x world_size rows per batch to train
     on batch_size of them per step (measured: steps per epoch = shard rows / batch_size).
+
+    Ray Data hands over READ_ROWS rows per Python call and tf.data shuffles and batches them in C++:
+    Ray's own local shuffle buffer and a Python call per batch competed with the training thread for
+    the GIL (one Ray worker, 128 px, batch 8: 29.6 / 29.9 -> 30.9 / 31.5 images/s).
     """
-    dataset = shard.to_tf("image", "mask", batch_size=batch_size * world_size, drop_last=True,
-                          local_shuffle_buffer_size=4 * batch_size * world_size)
+    global_batch = batch_size * world_size
+    dataset = shard.to_tf("image", "mask", batch_size=READ_ROWS)     # (<=READ_ROWS, S, S, 3), (.., S, S)
+    dataset = dataset.unbatch().shuffle(4 * global_batch, seed=seed).batch(global_batch, drop_remainder=True)
     generator = tf.random.Generator.from_seed(seed)
     dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, generator))
     options = tf.data.Options()
