@@ -3,9 +3,12 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets import face, save_grey, save_rgb
+from datasets import celeba_ids, face, save_grey, save_rgb
 from faceseg.data.cache import decode_tensor, encode_tensor
-from faceseg.data.decode import _read_bytes, class_pixel_counts, jpeg_size, read_image, resize_image
+from faceseg.data.decode import (_read_bytes, class_pixel_counts, jpeg_size, load_sample, read_image, read_label,
+                                 resize_image, resize_label)
+from faceseg.data.layouts import Sample
+from faceseg.labels import CELEBAMASK_NAMES, build_remap
 
 
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
@@ -49,3 +52,13 @@ def test_tensor_bytes_round_trip():
     assert column.type.byte_width == 8 * 8 * 3
     assert (decode_tensor(column, (8, 8, 3)) == images).all()
     assert (decode_tensor(column.slice(1), (8, 8, 3)) == images[1:]).all()   # an offset into the buffer
+
+
+def test_mask_remapped_after_resizing_equals_remapped_before(tmp_path):
+    image, label = face(3, size=200)
+    save_rgb(tmp_path / "a.jpg", image)
+    save_grey(tmp_path / "a.png", celeba_ids(label))              # CelebAMask-HQ ids: a real remap
+    sample, remap = Sample("a", "train", str(tmp_path / "a.jpg"), str(tmp_path / "a.png")), build_remap(CELEBAMASK_NAMES)
+    full = read_label(sample, remap)                              # remapped at 200 px, then resized
+    assert (full == label).all()
+    assert (load_sample(sample, remap, 64)["mask"] == resize_label(full, 64)).all()
