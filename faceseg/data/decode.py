@@ -136,7 +136,7 @@ def read_source_ids(sample: Sample, remap: Remap) -> np.ndarray:
     named = len(remap.source_names)
     if source.max() >= named:
         bad = np.unique(source[source >= named])
-        raise BadFileError(sample.label or sample.parts[0][1],
+        raise BadFileError(sample.label_path,
                            f"label ids {bad.tolist()[:8]} are outside 0..{named - 1} (the {named} label names)")
     return source
 
@@ -170,7 +170,7 @@ def load_sample(sample: Sample, remap: Remap, size: int) -> dict:
            "height": height, "width": width}
     if sample.has_label:
         source = read_source_ids(sample, remap)
-        check_same_aspect((height, width), source.shape, sample.label or sample.parts[0][1])
+        check_same_aspect((height, width), source.shape, sample.label_path)
         # Nearest neighbour only picks pixels: remapping after it gives the same map, on 1/4 of them.
         row["mask"] = remap.apply(resize_label(source, size))
     return row

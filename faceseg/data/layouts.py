@@ -34,6 +34,11 @@ class Sample:
     def has_label(self) -> bool:
         return self.label is not None or bool(self.parts)
 
+    @property
+    def label_path(self) -> str:
+        """The file a label problem is reported against: the label map, or the first raw part mask."""
+        return self.label or self.parts[0][1]
+
     def to_row(self) -> dict:
         """Plain strings only, so Ray Data's Arrow blocks hold it whatever the layout ("" = no label)."""
         return {"name": self.name, "split": self.split, "image": self.image, "label": self.label or "",

@@ -126,7 +126,7 @@ def write_batch(batch: dict, output: str, overlay: bool, remap: Remap) -> dict:
             original = tuple(batch["original_size"][i])
             gt = read_label(sample, remap) if sample.has_label else None
             if gt is not None:
-                check_same_aspect(original, gt.shape, sample.label or sample.parts[0][1])
+                check_same_aspect(original, gt.shape, sample.label_path)
             height, width = (gt.shape if gt is not None else original)  # score at the GT's resolution
             pred = _resize_probs(batch["probs"][i], height, width)
             if overlay:
