@@ -1,4 +1,5 @@
-"""The local runtime faceseg starts: Ray Data executions use the cluster's CPUs from their start."""
+"""The runtime faceseg sets up: Ray Data executions use the cluster's CPUs from their start, and train
+workers run at the priority of a driver."""
 from __future__ import annotations
 
 
@@ -30,3 +31,26 @@ def test_ray_data_runs_tasks_side_by_side_from_the_start(ray_runtime):
     first, second = _task_starts(4)[:2]
     # Ray 2.60's default: the second task waits for the first limits refresh, 1 s into the execution.
     assert second - first < 0.6, f"second task started {second - first:.2f} s after the first"
+
+
+def test_train_workers_run_at_a_drivers_priority_and_ray_data_tasks_below_it(ray_runtime, tmp_path):
+    import os
+
+    import ray
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from faceseg.runtime import TRAIN_WORKER_ENV
+
+    written = tmp_path / "niceness"
+
+    def write_niceness():   # one machine: the worker writes where the test reads
+        written.write_text(str(os.nice(0)))
+
+    trainer = TensorflowTrainer(
+        write_niceness, scaling_config=ray.train.ScalingConfig(num_workers=1),
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path), worker_runtime_env={"env_vars": TRAIN_WORKER_ENV}))
+    trainer.fit()
+    assert int(written.read_text()) == 0
+    task_niceness = ray.data.range(1).map(lambda row: {"niceness": os.nice(0)}).take_all()[0]["niceness"]
+    assert task_niceness > 0, "Ray no longer lowers its workers' priority; TRAIN_WORKER_ENV's reason is gone"

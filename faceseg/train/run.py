@@ -15,7 +15,7 @@ from ray.data.dataset import MaterializedDataset
 import faceseg  # noqa: F401
 from faceseg.config import Config
 from faceseg.data.cache import Cache
-from faceseg.runtime import WORKER_ENV, init_ray, require_gpus
+from faceseg.runtime import TRAIN_WORKER_ENV, init_ray, require_gpus
 from faceseg.model.saved import MODEL_FILE
 from faceseg.train.loop import HISTORY_FILE, read_history, train_loop, write_history
 from faceseg.train.session import BEST_METRIC, LocalSession, RaySession
@@ -111,7 +111,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=BEST_METRIC, checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": TRAIN_WORKER_ENV},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
         ),
