@@ -14,8 +14,9 @@ class DataConfig:
     data: str | None = None         # or a raw data set, prepared into <output>/cache first
     layout: str = "auto"
     size: int = 128                 # side of the square training grid, pixels
-    in_memory: str = "auto"         # auto | yes | no: keep the train split in Ray's object store between
-                                    # epochs (auto: when it takes under half of its free memory)
+    in_memory: str = "auto"         # auto | yes | no: train workers keep their share of the train split in
+                                    # memory after the first epoch (auto: when it takes under half of Ray's
+                                    # free worker memory), else stream it from Parquet every epoch
 
 
 @dataclass

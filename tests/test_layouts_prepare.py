@@ -46,16 +46,14 @@ def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     assert any((image == np.frombuffer(first, np.uint8).reshape(64, 64, 3)).all() for image in arrays["image"])
 
 
-def test_train_split_held_in_the_object_store_or_streamed(cache_dir):
-    from ray.data.dataset import MaterializedDataset
-
+def test_train_split_held_in_memory_when_it_fits(cache_dir):
     cache = Cache.open(cache_dir)
-    assert isinstance(cache.dataset_for_epochs("train", "auto"), MaterializedDataset)   # 4 MiB: fits
-    assert isinstance(cache.dataset_for_epochs("train", "yes"), MaterializedDataset)
-    streamed = cache.dataset_for_epochs("train", "no")
-    assert not isinstance(streamed, MaterializedDataset) and streamed.count() == 216
+    assert cache.held_in_memory("train", "auto")                   # 216 rows of 64 px: 3.4 MiB
+    assert cache.held_in_memory("train", "yes") and not cache.held_in_memory("train", "no")
+    huge = Cache(cache.path, {**cache.manifest, "counts": {"train": 10**7}})   # 164 GB at 64 px
+    assert not huge.held_in_memory("train", "auto") and huge.held_in_memory("train", "yes")
     with pytest.raises(ValueError, match="data.in_memory must be one of auto, yes, no"):
-        cache.dataset_for_epochs("train", "maybe")
+        cache.held_in_memory("train", "maybe")
 
 
 def test_cache_of_another_format_is_a_clear_error(tmp_path, cache_dir):

@@ -90,3 +90,26 @@ def test_killed_worker_is_replaced_and_no_epoch_is_lost_or_repeated(cache_dir, t
     assert result.get("code") == 0
     assert [r["epoch"] for r in history(run)] == [1, 2, 3]
     assert set(_train_worker_pids()).isdisjoint(victims)
+
+
+def _epoch_images(dataset) -> list[bytes]:
+    return [image.tobytes() for images, _ in dataset.as_numpy_iterator() for image in images]
+
+
+def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
+    import pytest
+    from faceseg.data.cache import Cache
+    from faceseg.train.loop import make_train_dataset
+
+    shutil.copytree(cache_dir, tmp_path / "cache")
+    cache = Cache.open(tmp_path / "cache")
+    held = make_train_dataset(cache.dataset("train"), 4, 1, "none", seed=1, in_memory_rows=216)
+    streamed = make_train_dataset(cache.dataset("train"), 4, 1, "none", seed=1)
+    first, streamed_first = _epoch_images(held), _epoch_images(streamed)
+    assert len(first) == len(streamed_first) == 216
+    for parquet in (tmp_path / "cache").rglob("*.parquet"):   # later epochs must not read the files again
+        parquet.unlink()
+    second = _epoch_images(held)
+    assert sorted(second) == sorted(first) and second != first          # every row again, in a new order
+    with pytest.raises(Exception, match="parquet|No such file|FileNotFound"):
+        _epoch_images(streamed)                                         # the streamed split reads them again

@@ -22,7 +22,7 @@ MANIFEST = "manifest.json"
 FORMAT = "faceseg-cache-2"          # fixed-size binary tensor columns
 TENSOR_COLUMNS = ("image", "mask")
 IN_MEMORY_POLICIES = ("auto", "yes", "no")
-IN_MEMORY_SHARE = 0.5   # of the object store's free memory that `auto` lets one split take
+IN_MEMORY_SHARE = 0.5   # of Ray's free worker memory that `auto` lets one split take
 # Images barely compress and are read every epoch; masks are mostly runs of a few ids.
 PARQUET_OPTIONS = {"use_dictionary": False, "compression": {"image": "none", "mask": "zstd"}}
 
@@ -114,22 +114,19 @@ class Cache:
     def split_bytes(self, split: str) -> int:
         return self.count(split) * self.size * self.size * 4      # image: 3 bytes a pixel, mask: 1
 
-    def dataset_for_epochs(self, split: str, in_memory: str = "auto") -> ray.data.Dataset:
-        """The split for a loop that reads it every epoch.
+    def held_in_memory(self, split: str, in_memory: str = "auto") -> bool:
+        """Whether train workers keep `split` in their own memory after reading it once.
 
-        Held in Ray's object store (materialized once, shared by every worker of the node) when
-        `in_memory` is yes, or auto and it takes under IN_MEMORY_SHARE of the free object store; else
-        streamed from Parquet every epoch, so memory stays flat however large the data set. Why: each
-        streamed epoch starts a Ray Data execution and re-reads the files, measured at 1.1 s of a 9 s
-        epoch (288 rows, 128 px, 2 cores) that training then lacks.
+        Yes for `in_memory` yes, or auto and the split takes under IN_MEMORY_SHARE of the memory Ray
+        has free for workers; else the loop streams it from Parquet every epoch, so memory stays flat
+        however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
+        re-reads the files, measured at 1.1 s of a 9 s epoch (288 rows, 128 px, 2 cores) that training
+        then lacks.
         """
         if in_memory not in IN_MEMORY_POLICIES:
             raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_POLICIES)}, not {in_memory!r}")
-        dataset = self.dataset(split)
-        free = ray.available_resources().get("object_store_memory", 0)
-        if in_memory == "yes" or (in_memory == "auto" and self.split_bytes(split) < IN_MEMORY_SHARE * free):
-            return dataset.materialize()
-        return dataset
+        free = ray.available_resources().get("memory", 0)
+        return in_memory == "yes" or (in_memory == "auto" and self.split_bytes(split) < IN_MEMORY_SHARE * free)
 
     def arrays(self, split: str, columns=TENSOR_COLUMNS) -> dict[str, np.ndarray]:
         """The whole split in this process's memory: for small splits, tests and in-memory baselines."""

@@ -50,7 +50,8 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Op
     raise ValueError(f"train.optimizer must be adam or adamw, not {config.optimizer!r}")
 
 
-def make_train_dataset(shard, batch_size: int, world_size: int, augment: str, seed: int) -> tf.data.Dataset:
+def make_train_dataset(shard, batch_size: int, world_size: int, augment: str, seed: int,
+                       in_memory_rows: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     Keras treats a dataset's batch as GLOBAL under a multi-worker strategy and splits each one into
@@ -60,10 +61,19 @@ def make_train_dataset(shard, batch_size: int, world_size: int, augment: str, se
     Ray Data hands over READ_ROWS rows per Python call and tf.data shuffles and batches them in C++:
     Ray's own local shuffle buffer and a Python call per batch competed with the training thread for
     the GIL (one Ray worker, 128 px, batch 8: 29.6 / 29.9 -> 30.9 / 31.5 images/s).
+
+    With `in_memory_rows` (the shard's size) the first epoch keeps the shard's rows in this worker's
+    memory and later epochs replay them, reshuffled whole, as model.fit does with arrays: no Ray Data
+    execution per epoch (one Ray worker, 128 px, 400 images, 3 pairs: 31.3 / 30.6 / 32.1 -> 33.1 /
+    33.6 / 34.3 images/s). Without, the shard streams every epoch through a small shuffle buffer.
     """
     global_batch = batch_size * world_size
-    dataset = shard.to_tf("image", "mask", batch_size=READ_ROWS)     # (<=READ_ROWS, S, S, 3), (.., S, S)
-    dataset = dataset.unbatch().shuffle(4 * global_batch, seed=seed).batch(global_batch, drop_remainder=True)
+    rows = shard.to_tf("image", "mask", batch_size=READ_ROWS).unbatch()     # (S, S, 3), (S, S) uint8
+    if in_memory_rows:
+        rows = rows.cache().shuffle(in_memory_rows, seed=seed)
+    else:
+        rows = rows.shuffle(4 * global_batch, seed=seed)
+    dataset = rows.batch(global_batch, drop_remainder=True)
     generator = tf.random.Generator.from_seed(seed)
     dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, generator))
     options = tf.data.Options()
@@ -182,6 +192,7 @@ def train_loop(loop_config: dict, session) -> None:
     """Build, restore, fit: one epoch = one pass over this worker's shard.
 
     loop_config: {"config": Config as a dict, "train_rows": rows in the train split,
+                  "train_in_memory": keep this worker's shard in memory after the first epoch,
                   "class_frequency": train pixel frequency per class, "run_dir": RUN}.
     """
     config = Config.from_dict(loop_config["config"])
@@ -213,7 +224,8 @@ def train_loop(loop_config: dict, session) -> None:
         return
 
     seed = config.train.seed * 1000 + session.world_rank + 7919 * len(history)
-    train_data = make_train_dataset(session.train_data(), batch_size, session.world_size, config.train.augment, seed)
+    train_data = make_train_dataset(session.train_data(), batch_size, session.world_size, config.train.augment, seed,
+                                    train_rows if loop_config["train_in_memory"] else None)
     global_batch = batch_size * session.world_size
     callbacks = [EpochProgressBar(steps_per_epoch, config.train.epochs)] if session.progress_bar else []
     callbacks.append(EpochEnd(session, state, loss_fn, history, config, run_path, global_batch))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ray.data
-from ray.data.dataset import MaterializedDataset
 
 import faceseg  # noqa: F401
 from faceseg.config import Config
@@ -104,7 +103,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": train_dataset(cache, config), "val": cache.dataset("val")},
+        datasets={"train": cache.dataset("train"), "val": cache.dataset("val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS, storage_path=str(run_dir),
@@ -121,13 +120,13 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
     return Path(best_checkpoint.path), Path(result.checkpoint.path)
 
 
-def train_dataset(cache: Cache, config: Config) -> ray.data.Dataset:
-    dataset = cache.dataset_for_epochs("train", config.data.in_memory)
-    where = ("held in Ray's object store" if isinstance(dataset, MaterializedDataset)
+def train_in_memory(cache: Cache, config: Config) -> bool:
+    in_memory = cache.held_in_memory("train", config.data.in_memory)
+    where = ("read from the Parquet cache once, then held in the train workers' memory" if in_memory
              else "streamed from the Parquet cache every epoch")
     print(f"train split: {cache.count('train')} images, {cache.split_bytes('train') / 2**20:.0f} MiB, {where} "
           f"(data.in_memory: {config.data.in_memory})", flush=True)
-    return dataset
+    return in_memory
 
 
 def ray_worker_loop(loop_config: dict) -> None:
@@ -136,7 +135,7 @@ def ray_worker_loop(loop_config: dict) -> None:
 
 def _fit_local(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
     ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
-    session = LocalSession(train_dataset(cache, config), cache.dataset("val"), run_dir / CHECKPOINTS / "local")
+    session = LocalSession(cache.dataset("train"), cache.dataset("val"), run_dir / CHECKPOINTS / "local")
     train_loop(loop_config, session)
     return session.best_checkpoint(), session.latest_checkpoint()
 
@@ -158,11 +157,12 @@ def train(config: Config, run_dir: Path, local: bool = False, callbacks=()) -> T
     cache = ensure_cache(config, run_dir)
     config = config.with_overrides({"data.cache": str(cache.path), "data.size": cache.size})
     config.to_yaml(run_dir / CONFIG_FILE)
-    loop_config = {"config": config.to_dict(), "train_rows": cache.count("train"), "run_dir": str(run_dir),
-                   "class_frequency": list(cache.manifest["class_pixel_frequency"].values())}
     mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
     print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at "
           f"{cache.size} px, {config.train.epochs} epochs -> {run_dir}", flush=True)
+    loop_config = {"config": config.to_dict(), "train_rows": cache.count("train"), "run_dir": str(run_dir),
+                   "train_in_memory": train_in_memory(cache, config),
+                   "class_frequency": list(cache.manifest["class_pixel_frequency"].values())}
 
     if local:
         best, latest = _fit_local(loop_config, config, cache, run_dir)
