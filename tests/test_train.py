@@ -1,4 +1,5 @@
-"""Training for real: 2-worker MultiWorkerMirroredStrategy on Ray Train, local mode, resume, worker kill."""
+"""Training for real: 2-worker MultiWorkerMirroredStrategy on Ray Train, local mode, resume, worker kill,
+and a split held in memory read from its files once."""
 import json
 import os
 import shutil
@@ -7,11 +8,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import tiny_config
 from faceseg.cli import main
+from faceseg.data.cache import Cache
 from faceseg.model.saved import load_model, model_input_size
+from faceseg.train.loop import make_train_dataset
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.keras", "checkpoints", "tensorboard")
 METRIC_KEYS = {"epoch", "loss", "val_loss", "val_pixel_accuracy", "val_mean_iou", "val_f1_overall"}
@@ -97,10 +101,6 @@ def _epoch_images(dataset) -> list[bytes]:
 
 
 def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
-    import pytest
-    from faceseg.data.cache import Cache
-    from faceseg.train.loop import make_train_dataset
-
     shutil.copytree(cache_dir, tmp_path / "cache")
     cache = Cache.open(tmp_path / "cache")
     held = make_train_dataset(cache.dataset("train"), 4, 1, "none", seed=1, in_memory_rows=216)
