@@ -1,21 +1,50 @@
-"""Joining or starting the Ray runtime, sized so that train workers and Ray Data tasks cannot deadlock."""
+"""Joining or starting the Ray runtime, and fitting a command's workers into it so that nothing waits forever.
+
+Every command calls `connect(address, needs)` once, after its arguments and files were checked:
+- `--address` (or RAY_ADDRESS) joins that cluster, or fails within CONNECT_TIMEOUT_S naming the address;
+- otherwise faceseg starts its own runtime on 127.0.0.1, even when another Ray cluster runs on this
+  machine (Ray's plain `ray.init()` would join that one instead).
+`needs` is what the command holds for its whole run (train workers, Tune trials, model actors). Ray Data's
+tasks need CPUs beside them: a runtime faceseg starts advertises the cores PLUS what the workers hold,
+and on a joined cluster too small for both, the workers ask a fraction of a CPU each (logical CPUs are a
+scheduling budget; the kernel shares the real cores either way), or the command stops with the figures.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import ray
-
-# Workers: tf-keras, and quiet TensorFlow and Ray Data (their per-epoch INFO lines bury the epoch table).
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
-# Ray starts worker processes at nice 15, so that work cannot starve its control plane, and a job's
-# driver at nice 0 (its job manager sets RAY_worker_niceness=0 in the driver's runtime env). A train
-# worker IS the training process, as this process is with --local: it runs at nice 0 too, like the
-# driver, while Ray Data tasks and Ray Train's helper actors stay at 15 and yield to it. Measured on
-# 2 cores (1 worker, 128 px, 3 pairs alternating): 225/215/217 -> 215/208/210 ms a step.
-TRAIN_WORKER_ENV = {**WORKER_ENV, "RAY_worker_niceness": "0"}
+# Workers of a runtime faceseg starts: quiet TensorFlow and Ray Data (their INFO lines bury the epoch
+# table). A joined cluster keeps its own settings: passing env vars to ray.init inside a job clashes
+# with the job's runtime env, and faceseg's own modules set what TensorFlow needs on import.
+WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
+# Ray starts worker processes at nice 15 so that work cannot starve its control plane, and a job's
+# driver at 0. A train worker IS the training process, as this process is with --local: it runs at
+# nice 0 like a driver, while Ray Data tasks and Ray Train's helper actors stay at 15 and yield to it.
+TRAIN_WORKER_ENV = {"RAY_worker_niceness": "0"}
 RAY_DATA_LIMITS_REFRESH_S = 0.1
+CONNECT_TIMEOUT_S = float(os.environ.get("FACESEG_CONNECT_TIMEOUT_S", 30))
+DATA_CPUS = 1.0         # what Ray Data's read and decode tasks need free beside the workers
+
+
+class ClusterTooSmall(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a command holds for its whole run, beside Ray Data's tasks."""
+
+    cpus: float = 0.0
+    gpus: float = 0.0
+    what: str = ""            # "2 train workers x 1 CPU"
+    flags: str = ""           # what to change when it cannot fit
 
 
 def start_ray_data_at_full_width() -> None:
@@ -24,8 +53,7 @@ def start_ray_data_at_full_width() -> None:
     Ray Data 2.60 sizes an execution from the cluster's resources, which it asks the autoscaling
     coordinator for asynchronously and caches; the cache is empty (zero CPUs) until the next refresh,
     GLOBAL_LIMITS_UPDATE_INTERVAL_S = 1 s later, and until then the execution runs one task at a time.
-    Measured on 2 cores, 2000 images: `prepare` spent its first second in one task and ran at
-    522-541 images/s; refreshing every 0.1 s, 606-622. A refresh is one small call to the coordinator.
+    A refresh is one small call to the coordinator.
     """
     from ray.data._internal.execution.resource_manager import ResourceManager
 
@@ -36,31 +64,126 @@ def start_ray_data_at_full_width() -> None:
         ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(interval, RAY_DATA_LIMITS_REFRESH_S)
 
 
-def init_ray(address: str | None = None, reserved_cpus: float = 0.0) -> bool:
-    """Join `address` (or RAY_ADDRESS); else start a local runtime on 127.0.0.1.
+def _gcs_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) to probe for a GCS or Ray Client address; None for 'auto'."""
+    if address == "auto":
+        return None
+    parts = urlsplit(address if "://" in address else f"gcs://{address}")
+    if parts.scheme in ("http", "https"):
+        raise ValueError(f"--address {address}: that is a dashboard/job-server URL, for `ray job submit`; "
+                         "faceseg joins a cluster by its GCS address, e.g. HEAD:6379 (or run it as a Ray job)")
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"--address {address}: expected HOST:PORT (a Ray cluster's GCS address), "
+                         "ray://HOST:PORT or auto")
+    return parts.hostname, parts.port
 
-    A local runtime advertises the machine's cores PLUS `reserved_cpus` (what trainer workers or Tune
-    trials will hold), so Ray Data always has the real cores left for its tasks. Logical CPUs are
-    only a scheduling budget: the kernel still shares the real cores among the processes.
-    Returns True when this process started the runtime (a single machine, nothing autoscales).
-    """
+
+def wait_for_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail within `timeout` seconds, naming the address, when nothing listens there."""
+    target = _gcs_host_port(address)
+    if target is None:
+        return
+    deadline, reason = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(target, timeout=min(5.0, timeout)):
+                return
+        except OSError as error:
+            reason = error.strerror or str(error)
+        time.sleep(0.5)
+    raise ConnectionError(f"no Ray cluster reachable at {address} within {timeout:g} s ({reason}); "
+                          "check --address / RAY_ADDRESS, or drop both to run on this machine")
+
+
+@contextlib.contextmanager
+def _loopback_kept():
+    """Ray replaces a loopback address (a node's, or the GCS address a driver joins) by the machine's
+    network address unless multi-machine clusters are off; this turns them off for the duration, so
+    that 127.0.0.1 stays 127.0.0.1."""
+    from ray._private import ray_constants
+
+    saved, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def _is_loopback(address: str) -> bool:
+    target = _gcs_host_port(address)
+    return target is not None and (target[0] in ("localhost", "::1") or target[0].startswith("127."))
+
+
+def _start_local(reserved_cpus: float) -> None:
+    """A private runtime on 127.0.0.1 (reachable from nowhere else): the cores plus what long-lived
+    workers hold."""
+    import ray
+
+    with _loopback_kept():
+        ray.init(address="local", num_cpus=math.ceil((os.cpu_count() or 1) + reserved_cpus),
+                 _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": WORKER_ENV}, logging_level=logging.WARNING)
+
+
+def _join(address: str) -> None:
+    import ray
+
+    wait_for_address(address)
+    with _loopback_kept() if _is_loopback(address) else contextlib.nullcontext():
+        ray.init(address=address, logging_level=logging.WARNING)
+
+
+def _autoscaler_running() -> bool:
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+        return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)) or is_autoscaler_v2(fetch_from_server=True)
+    except Exception:   # an older or newer GCS: assume nothing scales
+        return False
+
+
+def fit(needs: Needs) -> float:
+    """The share of its CPU request each worker may ask so that `needs` and Ray Data's tasks fit the
+    cluster (1.0 when they fit as asked); raises ClusterTooSmall when they never can."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if needs.gpus > gpus:
+        if _autoscaler_running():
+            print(f"the cluster has {gpus:g} GPU(s), {needs.what} need {needs.gpus:g}: "
+                  "waiting for its autoscaler to add them", flush=True)
+        else:
+            raise ClusterTooSmall(f"{needs.what} need {needs.gpus:g} GPU(s) but the cluster has {gpus:g} and "
+                                  f"no autoscaler; change {needs.flags or 'the GPU flags'}")
+    if needs.cpus <= 0 or needs.cpus + DATA_CPUS <= cpus or _autoscaler_running():
+        return 1.0
+    room = cpus - DATA_CPUS
+    if room < 0.05 * needs.cpus:
+        raise ClusterTooSmall(f"the cluster has {cpus:g} CPU(s): too few for {needs.what} and Ray Data's tasks "
+                              f"({DATA_CPUS:g} CPU); change {needs.flags or 'the worker counts'}")
+    share = room / needs.cpus
+    print(f"the cluster has {cpus:g} CPU(s): {needs.what} would leave none for Ray Data's tasks; each asks "
+          f"{share:.2f} of its CPU request instead ({needs.cpus * share:.2f} CPUs in all)", flush=True)
+    return share
+
+
+def connect(address: str | None = None, needs: Needs = Needs()) -> float:
+    """Join `address` (or RAY_ADDRESS), or start a local runtime; returns fit(needs)."""
+    import ray
+
     start_ray_data_at_full_width()
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS")
-    runtime_env = {"env_vars": WORKER_ENV}
-    if address:
-        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
-        return False
-    num_cpus = (os.cpu_count() or 1) + reserved_cpus
-    ray.init(num_cpus=math.ceil(num_cpus), _node_ip_address="127.0.0.1",
-             dashboard_host="127.0.0.1", runtime_env=runtime_env, logging_level=logging.WARNING)
-    return True
-
-
-def require_gpus(needed: float) -> None:
-    """Fail fast instead of waiting forever for GPUs a machine does not have."""
-    have = ray.cluster_resources().get("GPU", 0)
-    if have < needed:
-        raise ValueError(f"this needs {needed:g} GPU(s) but the local Ray runtime has {have:g}; "
-                         "drop --use-gpu, or join a GPU cluster with --address")
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            _join(address)
+        else:
+            _start_local(needs.cpus)
+        total = ray.cluster_resources()
+        where = f"joined the cluster at {address}" if address else "started a private runtime on 127.0.0.1"
+        print(f"Ray: {where} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs, "
+              f"{len(ray.nodes())} node(s))", flush=True)
+    return fit(needs)
