@@ -1,4 +1,4 @@
-"""F1, pixel accuracy and mean IoU exactly as the standard Helen evaluation (CONVENTIONS section 4)."""
-from faceseg.metrics.confusion import ConfusionMatrix, F1_SETS, format_report
+"""Per-class F1 and IoU, mean F1 and IoU, pixel accuracy, and Helen's F1 groups (docs/metrics.md)."""
+from faceseg.metrics.confusion import ConfusionMatrix, format_report, validation_metrics
 
-__all__ = ["ConfusionMatrix", "F1_SETS", "format_report"]
+__all__ = ["ConfusionMatrix", "format_report", "validation_metrics"]

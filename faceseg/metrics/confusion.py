@@ -1,34 +1,38 @@
-"""One confusion matrix accumulated over every evaluated pixel, and the reports derived from it."""
+"""One confusion matrix accumulated over every evaluated pixel, and the reports derived from it
+(docs/metrics.md): per-class F1 and IoU, mean IoU, mean F1 over the non-background classes, pixel
+accuracy, and Helen's F1 groups (eyes, brows, mouth, overall) when the classes are Helen's.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from faceseg.labels import CLASS_ID, LABEL_NAMES, NUM_CLASSES
+from faceseg.labels import HELEN_GROUPS, Taxonomy, metric_key
 
-# Each set counts as one class: a left eye predicted as right eye is a hit for `eyes` and `overall`.
-F1_SETS: dict[str, tuple[str, ...]] = {
-    **{name: (name,) for name in LABEL_NAMES},
-    "eyes": ("le", "re"),
-    "brows": ("lb", "rb"),
-    "mouth": ("ulip", "imouth", "llip"),
-    "overall": ("le", "re", "lb", "rb", "nose", "ulip", "imouth", "llip"),
-}
+CHUNK_PIXELS = 1 << 22
 
 
 class ConfusionMatrix:
     """counts[g, p] = number of pixels with ground truth g predicted as p."""
 
-    def __init__(self, counts: np.ndarray | None = None, images: int = 0):
-        self.counts = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64) if counts is None else counts
+    def __init__(self, taxonomy: Taxonomy, counts: np.ndarray | None = None, images: int = 0):
+        n = taxonomy.num_classes
+        self.taxonomy = taxonomy
+        self.counts = np.zeros((n, n), np.int64) if counts is None else counts
         self.images = images
 
     def add(self, gt: np.ndarray, pred: np.ndarray) -> "ConfusionMatrix":
         """Accumulate one image (H, W) or a batch (B, H, W) of class ids."""
         if gt.shape != pred.shape:
             raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
-        index = gt.astype(np.int64).reshape(-1) * NUM_CLASSES + pred.astype(np.int64).reshape(-1)
-        self.counts += np.bincount(index, minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
-        self.images += 1 if gt.ndim == 2 else gt.shape[0]
+        images = 1 if gt.ndim == 2 else gt.shape[0]
+        n = self.taxonomy.num_classes
+        if gt.size and max(int(gt.max()), int(pred.max())) >= n:
+            raise ValueError(f"class id {max(int(gt.max()), int(pred.max()))} is outside 0..{n - 1}")
+        gt, pred = gt.reshape(-1), pred.reshape(-1)
+        for start in range(0, gt.size, CHUNK_PIXELS):   # int64 indices a chunk at a time: bounded memory
+            index = gt[start:start + CHUNK_PIXELS].astype(np.int64) * n + pred[start:start + CHUNK_PIXELS]
+            self.counts += np.bincount(index, minlength=n * n).reshape(n, n)
+        self.images += images
         return self
 
     def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
@@ -36,42 +40,57 @@ class ConfusionMatrix:
         self.images += other.images
         return self
 
-    def f1(self, class_names: tuple[str, ...]) -> float:
-        ids = [CLASS_ID[n] for n in class_names]
+    def f1(self, ids) -> float:
+        """F1 of a set of classes counted as one: 2 |gt in S and pred in S| / (|gt in S| + |pred in S|)."""
+        ids = list(ids)
         hits = self.counts[np.ix_(ids, ids)].sum()
-        gt_total = self.counts[ids, :].sum()
-        pred_total = self.counts[:, ids].sum()
-        denominator = gt_total + pred_total
+        denominator = self.counts[ids, :].sum() + self.counts[:, ids].sum()
         return float(2 * hits / denominator) if denominator else 0.0
+
+    def iou(self) -> np.ndarray:
+        tp = np.diag(self.counts).astype(np.float64)
+        union = self.counts.sum(0) + self.counts.sum(1) - tp
+        return np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)
 
     def pixel_accuracy(self) -> float:
         total = self.counts.sum()
         return float(np.trace(self.counts) / total) if total else 0.0
 
-    def mean_iou(self) -> float:
-        tp = np.diag(self.counts).astype(np.float64)
-        union = self.counts.sum(0) + self.counts.sum(1) - tp
-        return float(np.mean(np.divide(tp, union, out=np.zeros_like(tp), where=union > 0)))
-
     def report(self) -> dict:
-        """The report schema of CONVENTIONS section 6 (fractions in [0, 1])."""
+        """Fractions in [0, 1]; the schema of docs/metrics.md."""
+        taxonomy = self.taxonomy
+        f1 = {name: self.f1(ids) for name, ids in taxonomy.f1_sets.items()}
+        foreground = [name for i, name in enumerate(taxonomy.names) if i != taxonomy.background]
+        iou = self.iou()
         return {
-            "f1": {name: self.f1(members) for name, members in F1_SETS.items()},
+            "f1": f1,
+            "iou": {name: float(value) for name, value in zip(taxonomy.names, iou)},
+            "mean_f1": float(np.mean([f1[name] for name in foreground])),
+            "mean_iou": float(iou.mean()),
             "pixel_accuracy": self.pixel_accuracy(),
-            "mean_iou": self.mean_iou(),
             "images": self.images,
-            "label_names": list(LABEL_NAMES),
+            "label_names": list(taxonomy.names),
+            "groups": {group: list(members) for group, members in HELEN_GROUPS.items()} if taxonomy.is_helen else {},
         }
 
 
+def validation_metrics(report: dict) -> dict:
+    """A report as the flat `val_*` values of metrics.jsonl, TensorBoard and Tune."""
+    row = {"val_pixel_accuracy": report["pixel_accuracy"], "val_mean_iou": report["mean_iou"],
+           "val_f1_mean": report["mean_f1"]}
+    row.update({f"val_f1_{metric_key(name)}": value for name, value in report["f1"].items()})
+    return row
+
+
 def format_report(report: dict) -> str:
-    """A table of F1 in percent, single classes then the sets."""
-    f1 = report["f1"]
-    lines = ["F1 (%)      " + " ".join(f"{n:>6}" for n in LABEL_NAMES)]
-    lines.append("            " + " ".join(f"{100 * f1[n]:6.1f}" for n in LABEL_NAMES))
-    groups = ("eyes", "brows", "mouth", "overall")
-    lines.append("            " + " ".join(f"{n:>7}" for n in groups))
-    lines.append("            " + " ".join(f"{100 * f1[n]:7.1f}" for n in groups))
-    lines.append(f"pixel accuracy {100 * report['pixel_accuracy']:.2f}%   mean IoU {100 * report['mean_iou']:.2f}%"
-                 f"   images {report['images']}")
+    """A table in percent: F1 and IoU per class, then the groups and the means."""
+    names = report["label_names"]
+    width = max(6, *(len(n) for n in names))
+    lines = ["class".ljust(width) + "      F1     IoU"]
+    lines += [f"{name.ljust(width)} {100 * report['f1'][name]:7.1f} {100 * report['iou'][name]:7.1f}" for name in names]
+    groups = list(report.get("groups", {}))
+    if groups:
+        lines.append("F1 (%)  " + "  ".join(f"{g} {100 * report['f1'][g]:.1f}" for g in groups))
+    lines.append(f"mean F1 {100 * report['mean_f1']:.2f}%   mean IoU {100 * report['mean_iou']:.2f}%   "
+                 f"pixel accuracy {100 * report['pixel_accuracy']:.2f}%   images {report['images']}")
     return "\n".join(lines)
