@@ -1,4 +1,4 @@
-"""Builders of small real data sets on disk, one per layout of CONVENTIONS section 2."""
+"""Builders of small real data sets on disk, one per layout of docs/data.md."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 
 from faceseg.data.synth import render_face
-from faceseg.labels import CELEBAMASK_NAMES, LABEL_NAMES
+from faceseg.labels import CELEBAMASK_NAMES, HELEN_NAMES as LABEL_NAMES
 
 # Our class -> the CelebAMask-HQ part it comes from (the inverse of the name remap).
 TO_CELEBA = {"face": "skin", "nose": "nose", "le": "l_eye", "re": "r_eye", "lb": "l_brow", "rb": "r_brow",

@@ -5,10 +5,10 @@ import pytest
 
 from datasets import celeba_ids, face, save_grey, save_rgb
 from faceseg.data.cache import decode_tensor, encode_tensor
-from faceseg.data.decode import (_read_bytes, class_pixel_counts, jpeg_size, load_sample, read_image, read_label,
+from faceseg.data.decode import (class_pixel_counts, jpeg_size, load_sample, read_bytes, read_image, read_label,
                                  resize_image, resize_label)
 from faceseg.data.layouts import Sample
-from faceseg.labels import CELEBAMASK_NAMES, build_remap
+from faceseg.labels import CELEBAMASK_NAMES, HELEN, Taxonomy, build_remap
 
 
 @pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
@@ -17,9 +17,9 @@ def test_jpeg_size_reads_the_frame_header(tmp_path, progressive):
     path = tmp_path / "wide.jpg"
     wide = cv2.resize(image, (200, 120))
     assert cv2.imwrite(str(path), cv2.cvtColor(wide, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)])
-    assert jpeg_size(_read_bytes(str(path))) == (120, 200)
+    assert jpeg_size(read_bytes(str(path))) == (120, 200)
     save_rgb(tmp_path / "face.png", image)
-    assert jpeg_size(_read_bytes(str(tmp_path / "face.png"))) is None
+    assert jpeg_size(read_bytes(str(tmp_path / "face.png"))) is None
 
 
 def test_scaled_jpeg_decode_matches_full_decode_and_area_resize(tmp_path):
@@ -43,7 +43,7 @@ def test_scaled_decode_of_a_grey_jpeg_is_rgb(tmp_path):
 
 def test_class_pixel_counts_equal_bincount():
     masks = np.random.default_rng(0).integers(0, 11, (5, 40, 24)).astype(np.uint8)
-    assert (class_pixel_counts(masks) == np.bincount(masks.ravel(), minlength=11)).all()
+    assert (class_pixel_counts(masks, 11) == np.bincount(masks.ravel(), minlength=11)).all()
 
 
 def test_tensor_bytes_round_trip():
@@ -58,7 +58,8 @@ def test_mask_remapped_after_resizing_equals_remapped_before(tmp_path):
     image, label = face(3, size=200)
     save_rgb(tmp_path / "a.jpg", image)
     save_grey(tmp_path / "a.png", celeba_ids(label))              # CelebAMask-HQ ids: a real remap
-    sample, remap = Sample("a", "train", str(tmp_path / "a.jpg"), str(tmp_path / "a.png")), build_remap(CELEBAMASK_NAMES)
+    sample = Sample("a", "train", str(tmp_path / "a.jpg"), str(tmp_path / "a.png"))
+    remap = build_remap(Taxonomy(CELEBAMASK_NAMES), HELEN, allow_unmapped=True)
     full = read_label(sample, remap)                              # remapped at 200 px, then resized
     assert (full == label).all()
     assert (load_sample(sample, remap, 64)["mask"] == resize_label(full, 64)).all()

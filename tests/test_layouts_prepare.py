@@ -12,6 +12,8 @@ from faceseg.cli import main
 from faceseg.data.cache import Cache, CacheError
 from faceseg.data.layouts import DatasetError, detect_layout, discover, discover_pairs, hold_out_validation
 from faceseg.data.prepare import TALLY_DIR, PrepareError, Tally, prepare_cache
+from faceseg.labels import CELEBAMASK_NAMES
+from faceseg.storage import Location
 
 SIZE = 32
 
@@ -27,7 +29,8 @@ def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     assert manifest["layout"] == "helenstar" and manifest["size"] == 64
     assert manifest["counts"] == {"train": 216, "val": 24, "test": 12}      # 10% of train held out
-    assert abs(sum(manifest["class_pixel_frequency"].values()) - 1) < 1e-3
+    assert abs(sum(manifest["class_pixel_frequency"]) - 1) < 1e-3 and manifest["classes"] == "own"
+    assert manifest["flip_pairs"] == [["lb", "rb"], ["le", "re"]]
     assert manifest["label_names"][4] == "le" and manifest["faceseg_version"]
     # Plain pyarrow: every split in one table, the split column from the Hive folder names.
     table = pa_dataset.dataset(cache_dir, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
@@ -50,7 +53,7 @@ def test_train_split_held_in_memory_when_it_fits(cache_dir):
     cache = Cache.open(cache_dir)
     assert cache.held_in_memory("train", "auto")                   # 216 rows of 64 px: 3.4 MiB
     assert cache.held_in_memory("train", "yes") and not cache.held_in_memory("train", "no")
-    huge = Cache(cache.path, {**cache.manifest, "counts": {"train": 10**7}})   # 164 GB at 64 px
+    huge = Cache(cache.location, {**cache.manifest, "counts": {"train": 10**7}})   # 164 GB at 64 px
     assert not huge.held_in_memory("train", "auto") and huge.held_in_memory("train", "yes")
     with pytest.raises(ValueError, match="data.in_memory must be one of auto, yes, no"):
         cache.held_in_memory("train", "maybe")
@@ -60,11 +63,12 @@ def test_cache_of_another_format_is_a_clear_error(tmp_path, cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     del manifest["format"]                              # what faceseg 0.1 caches (tensor columns) look like
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match="older faceseg.*Rebuild it with `faceseg prepare`"):
+    with pytest.raises(CacheError, match="written by another faceseg.*Rebuild it with `faceseg prepare`"):
         Cache.open(tmp_path)
 
 
 def test_tally_of_a_retried_batch_counts_once(tmp_path):
+    tmp_path = Location.of(tmp_path)
     first = Tally({"train": 2}, {"train": np.arange(11)}, [("/d/a_image.jpg", "empty file (0 bytes)")])
     first.write(tmp_path, ["/d/b_image.jpg", "/d/c_image.jpg"])
     first.write(tmp_path, ["/d/b_image.jpg", "/d/c_image.jpg"])     # the same batch, its task retried
@@ -96,12 +100,24 @@ def test_lapa_grey_rgba_and_smaller_labels(tmp_path):
 
 
 @pytest.mark.parametrize("raw", [False, True], ids=["merged", "raw-parts"])
+def test_celebamask_keeps_its_19_classes(tmp_path, raw):
+    write_celebamask(tmp_path / "celeba", raw=raw)
+    summary = prepare_cache(discover(tmp_path / "celeba"), tmp_path / "cache", size=SIZE)
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    assert tuple(manifest["label_names"]) == CELEBAMASK_NAMES and summary.counts == {"train": 3, "val": 1}
+    assert ["l_ear", "r_ear"] in manifest["flip_pairs"]
+    necks = sum(int((cached_rows(tmp_path / "cache", split)[1] == CELEBAMASK_NAMES.index("neck")).sum())
+                for split in summary.counts)
+    assert necks > 0                                   # the neck is a class of its own, not background
+
+
+@pytest.mark.parametrize("raw", [False, True], ids=["merged", "raw-parts"])
 def test_celebamask_remapped_to_helen(tmp_path, raw):
     labels = write_celebamask(tmp_path / "celeba", raw=raw)
     source = discover(tmp_path / "celeba")
-    assert source.layout == "celebamask-hq" and "neck" in source.remap.to_bg
-    summary = prepare_cache(source, tmp_path / "cache", size=SIZE)
-    assert summary.counts == {"train": 3, "val": 1}
+    assert source.layout == "celebamask-hq" and "neck" in source.taxonomy.names
+    summary = prepare_cache(source, tmp_path / "cache", size=SIZE, classes="helen")
+    assert summary.counts == {"train": 3, "val": 1} and len(summary.classes) == 11
     rows = {}
     for split in summary.counts:
         names, masks, _ = cached_rows(tmp_path / "cache", split)

@@ -3,7 +3,10 @@ import tensorflow as tf
 
 from faceseg.data.augment import augment_batch
 from faceseg.data.synth import render_face, write_synthetic_dataset
-from faceseg.labels import CLASS_ID, FLIP_LUT, read_label_names, LABEL_NAMES
+from faceseg.labels import HELEN, HELEN_NAMES as LABEL_NAMES, read_label_names
+
+CLASS_ID = {name: i for i, name in enumerate(LABEL_NAMES)}
+FLIP_LUT = HELEN.flip_lut
 
 
 def test_synth_is_deterministic_and_seed_dependent(tmp_path):
@@ -17,7 +20,7 @@ def test_synth_layout_and_class_frequencies(tmp_path):
     info = write_synthetic_dataset(tmp_path, train=40, test=4, size=128, seed=0)
     assert len(list((tmp_path / "train").glob("*_image.jpg"))) == 40
     assert len(list((tmp_path / "test").glob("*_label.png"))) == 4
-    assert tuple(read_label_names(tmp_path / "label_names.txt")) == LABEL_NAMES
+    assert read_label_names(tmp_path / "label_names.txt").names == LABEL_NAMES
     assert info["images_per_second"] > 0
     labels = np.stack([render_face(np.random.default_rng(i), 128)[1] for i in range(30)])
     freq = np.bincount(labels.ravel(), minlength=11) / labels.size
@@ -50,7 +53,7 @@ def test_flip_twice_is_identity_and_swaps_left_right():
     twice = FLIP_LUT[mirror[:, :, ::-1]]
     assert (twice == masks.numpy()).all()
     # The random flip: each image either unchanged or exactly mirrored with swapped classes.
-    out_images, out_masks = augment_batch(images, masks, "flip", gen)
+    out_images, out_masks = augment_batch(images, masks, "flip", FLIP_LUT, gen)
     for i in range(images.shape[0]):
         same = (out_masks[i].numpy() == masks[i].numpy()).all()
         mirrored = (out_masks[i].numpy() == mirror[i]).all()
@@ -61,7 +64,7 @@ def test_geometric_and_full_keep_valid_ids_without_interpolation():
     images, masks = _batch()
     gen = tf.random.Generator.from_seed(1)
     for level in ("geometric", "full"):
-        out_images, out_masks = augment_batch(images, masks, level, gen)
+        out_images, out_masks = augment_batch(images, masks, level, FLIP_LUT, gen)
         assert out_images.dtype == tf.uint8 and out_images.shape == images.shape
         values = set(np.unique(out_masks.numpy()).tolist())
         assert values <= set(range(11))
@@ -72,6 +75,6 @@ def test_geometric_and_full_keep_valid_ids_without_interpolation():
 
 def test_augment_is_reproducible_for_a_seed():
     images, masks = _batch()
-    a = augment_batch(images, masks, "full", tf.random.Generator.from_seed(7))
-    b = augment_batch(images, masks, "full", tf.random.Generator.from_seed(7))
+    a = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
+    b = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
     assert (a[0].numpy() == b[0].numpy()).all() and (a[1].numpy() == b[1].numpy()).all()

@@ -13,15 +13,13 @@ import math
 
 import tensorflow as tf
 
-from faceseg.labels import FLIP_LUT
-
 LEVELS = ("none", "flip", "geometric", "full")
 
 
-def _flip(images, masks, gen: tf.random.Generator):
+def _flip(images, masks, flip_lut, gen: tf.random.Generator):
     """Mirror half of the batch; left and right classes swap in the mirrored label maps."""
     do = gen.uniform([tf.shape(images)[0]]) < 0.5                     # (B,)
-    flipped_masks = tf.gather(tf.constant(FLIP_LUT), tf.cast(tf.reverse(masks, axis=[2]), tf.int32))
+    flipped_masks = tf.gather(tf.constant(flip_lut), tf.cast(tf.reverse(masks, axis=[2]), tf.int32))
     images = tf.where(do[:, None, None, None], tf.reverse(images, axis=[2]), images)
     masks = tf.where(do[:, None, None], flipped_masks, masks)
     return images, masks
@@ -71,13 +69,15 @@ def _photometric(images, gen: tf.random.Generator):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def augment_batch(images, masks, level: str, gen: tf.random.Generator):
-    """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented."""
+def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator):
+    """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
+
+    `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut)."""
     if level not in LEVELS:
         raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
     if level == "none":
         return images, masks
-    images, masks = _flip(images, masks, gen)
+    images, masks = _flip(images, masks, flip_lut, gen)
     if level in ("geometric", "full"):
         x, masks = _affine(tf.cast(images, tf.float32), masks, gen)
         if level == "full":

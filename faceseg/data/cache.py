@@ -1,25 +1,28 @@
-"""The Parquet cache that `faceseg prepare` writes and training reads (CONVENTIONS section 3).
+"""The Parquet cache that `faceseg prepare` writes and training reads (docs/data.md, "The cache").
 
 On disk, `image` and `mask` are Parquet FIXED_LEN_BYTE_ARRAY columns holding each uint8 tensor's
-row-major bytes; the shape comes from the manifest's `size`. Why not Ray's tensor extension type: it
-is stored as a list<uint8>, which Parquet encodes value by value with repetition levels. Measured on
-256 rows of 256 px: 910 ms to write and 730 ms to read as tensors against 100 ms and 50 ms as fixed-size
-binary, more than the OpenCV decoding itself costs. `Cache.dataset` turns the bytes back into
+row-major bytes; the shape comes from the manifest's `size`. Not Ray's tensor extension type: that is
+stored as a list<uint8>, which Parquet encodes value by value and which cost more to write and read
+than the decoding itself (benchmarks/results/design.md). `Cache.dataset` turns the bytes back into
 (B, S, S, 3) / (B, S, S) uint8 tensor columns in the read tasks (zero-copy views of the Arrow buffers).
+
+A cache is complete when its manifest.json exists: prepare writes it last, and a reader refuses a
+folder without one (an object store has no rename to commit with).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
+
+from faceseg.labels import Taxonomy
+from faceseg.storage import Location
 
 MANIFEST = "manifest.json"
-FORMAT = "faceseg-cache-2"          # fixed-size binary tensor columns
+FORMAT = "faceseg-cache-3"          # fixed-size binary tensor columns; the data set's own classes
 TENSOR_COLUMNS = ("image", "mask")
 IN_MEMORY_POLICIES = ("auto", "yes", "no")
 IN_MEMORY_SHARE = 0.5   # of Ray's free worker memory that `auto` lets one split take
@@ -59,55 +62,72 @@ def decode_tensor_columns(batch: pa.Table, shapes: dict[str, tuple[int, ...]]) -
             else batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
 
 
-def _read_parquet_v1(path: Path, columns: list[str]) -> ray.data.Dataset:
+def _read_parquet_v1(location: Location, columns: list[str]):
     """read_parquet through Ray Data's first Parquet reader.
 
     Ray 2.60's default (DataSource V2) starts fresh FooterReader actors, new worker processes, on every
-    execution, i.e. on every epoch: measured 3-4 s before the first batch of a 288-row split on
-    2 cores, against 0.35 s for a whole epoch with this reader. The dataset keeps the context it was
-    made with, so the switch only needs to hold while it is built.
+    execution, i.e. on every epoch, seconds before the first batch of a small split (design.md). The
+    dataset keeps the context it was made with, so the switch only needs to hold while it is built.
     """
+    import ray.data
+
     context = ray.data.DataContext.get_current()
     saved, context.use_datasource_v2 = context.use_datasource_v2, False
     try:
-        return ray.data.read_parquet(str(path), columns=columns)
+        return ray.data.read_parquet(location.path, filesystem=location.filesystem, columns=columns)
     finally:
         context.use_datasource_v2 = saved
 
 
 @dataclass(frozen=True)
 class Cache:
-    path: Path
+    location: Location
     manifest: dict
 
     @classmethod
-    def open(cls, path: Path | str) -> "Cache":
-        path = Path(path).resolve()
-        manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
-            raise CacheError(f"{path}: not a faceseg cache (no {MANIFEST}); build one with `faceseg prepare`")
-        manifest = json.loads(manifest_path.read_text())
+    def open(cls, where: Location | str) -> "Cache":
+        location = Location.of(where)
+        manifest_file = location / MANIFEST
+        if not manifest_file.is_file():
+            what = (f"no {MANIFEST} (an unfinished cache, or another folder)" if location.is_dir()
+                    else "no such folder")
+            raise CacheError(f"{location}: not a faceseg cache: {what}; build one with `faceseg prepare`")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+            if not isinstance(manifest, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CacheError(f"{manifest_file}: damaged ({error}); rebuild the cache with `faceseg prepare`") from None
         if manifest.get("format") != FORMAT:
-            raise CacheError(f"{path}: cache format {manifest.get('format', 'faceseg-cache-1')!r} was written by "
-                             f"an older faceseg; this one reads {FORMAT!r}. Rebuild it with `faceseg prepare`")
-        return cls(path, manifest)
+            raise CacheError(f"{location}: cache format {manifest.get('format', 'faceseg-cache-1')!r} was written by "
+                             f"another faceseg; this one reads {FORMAT!r}. Rebuild it with `faceseg prepare`")
+        return cls(location, manifest)
 
     @property
     def size(self) -> int:
         return int(self.manifest["size"])
 
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return Taxonomy(tuple(self.manifest["label_names"]))
+
+    @property
+    def class_frequency(self) -> list[float]:
+        """Each class's share of the train split's pixels, in id order."""
+        return [float(f) for f in self.manifest["class_pixel_frequency"]]
+
     def count(self, split: str) -> int:
         return int(self.manifest["counts"].get(split, 0))
 
-    def _split_path(self, split: str) -> Path:
+    def _split_location(self, split: str) -> Location:
         if not self.count(split):
-            raise CacheError(f"{self.path}: the cache has no {split!r} split "
+            raise CacheError(f"{self.location}: the cache has no {split!r} split "
                              f"(it has {', '.join(self.manifest['counts'])})")
-        return self.path / f"split={split}"   # Hive partitioning: readers recover the `split` column
+        return self.location / f"split={split}"   # Hive partitioning: readers recover the `split` column
 
-    def dataset(self, split: str, columns=TENSOR_COLUMNS) -> ray.data.Dataset:
+    def dataset(self, split: str, columns=TENSOR_COLUMNS):
         """The split as a streaming Ray Dataset with uint8 tensor columns."""
-        dataset = _read_parquet_v1(self._split_path(split), list(columns))
+        dataset = _read_parquet_v1(self._split_location(split), list(columns))
         return dataset.map_batches(decode_tensor_columns, batch_format="pyarrow", batch_size=None,
                                    zero_copy_batch=True, fn_kwargs={"shapes": tensor_shapes(self.size)})
 
@@ -120,9 +140,10 @@ class Cache:
         Yes for `in_memory` yes, or auto and the split takes under IN_MEMORY_SHARE of the memory Ray
         has free for workers; else the loop streams it from Parquet every epoch, so memory stays flat
         however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
-        re-reads the files, measured at 1.1 s of a 9 s epoch (288 rows, 128 px, 2 cores) that training
-        then lacks.
+        re-reads the files, time that training then lacks.
         """
+        import ray
+
         if in_memory not in IN_MEMORY_POLICIES:
             raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_POLICIES)}, not {in_memory!r}")
         free = ray.available_resources().get("memory", 0)
@@ -130,5 +151,6 @@ class Cache:
 
     def arrays(self, split: str, columns=TENSOR_COLUMNS) -> dict[str, np.ndarray]:
         """The whole split in this process's memory: for small splits, tests and in-memory baselines."""
-        table = pq.read_table(self._split_path(split), columns=list(columns))
+        location = self._split_location(split)
+        table = pq.read_table(location.path, filesystem=location.filesystem, columns=list(columns))
         return decode_tensor_columns(table, tensor_shapes(self.size))

@@ -1,19 +1,20 @@
-"""Decode and resize one sample with OpenCV (CONVENTIONS section 3). Shared by prepare, predict, evaluate.
+"""Decode and resize one sample with OpenCV (docs/data.md, "Preprocessing"). Shared by prepare, predict,
+evaluate and FaceParser.
 
 Every failure raises BadFileError naming the file and the reason; callers decide to skip or stop.
+Nothing here trusts a file: sizes are read from the header and checked before anything is decoded.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from faceseg.atomic import write_atomic
 from faceseg.data.layouts import Sample
-from faceseg.labels import NUM_CLASSES, Remap
+from faceseg.labels import Remap, Taxonomy
+from faceseg.storage import Location
 
-ASPECT_TOLERANCE = 0.02  # relative; label maps may be scaled copies of the image, never reshaped
+ASPECT_TOLERANCE = 0.02          # relative; label maps may be scaled copies of the image, never reshaped
+MAX_IMAGE_PIXELS = 100_000_000   # 10000 x 10000; a header claiming more is refused before decoding
 
 
 class BadFileError(ValueError):
@@ -22,9 +23,12 @@ class BadFileError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def _read_bytes(path: str) -> np.ndarray:
+def read_bytes(path: str) -> np.ndarray:
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with unicode names, cv2.imread not always
+        if "://" in path:
+            data = np.frombuffer(Location.of(path).read_bytes(), dtype=np.uint8)
+        else:
+            data = np.fromfile(path, dtype=np.uint8)   # copes with any file name, where cv2.imread may not
     except (OSError, ValueError) as error:
         raise BadFileError(path, f"cannot read file ({error.__class__.__name__}: {error})") from None
     if data.size == 0:
@@ -32,39 +36,80 @@ def _read_bytes(path: str) -> np.ndarray:
     return data
 
 
-def _looks_truncated(data: np.ndarray) -> bool:
-    """A JPEG must end with the EOI marker; OpenCV silently pads truncated ones with grey."""
-    if data[:2].tobytes() != b"\xff\xd8":
-        return False
-    return b"\xff\xd9" not in data[-64:].tobytes()
-
-
-def _decode(path: str, flags: int, data: np.ndarray | None = None) -> np.ndarray:
-    data = _read_bytes(path) if data is None else data
-    if _looks_truncated(data):
-        raise BadFileError(path, "truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, flags)
-    if image is None:
-        raise BadFileError(path, "not a decodable image (corrupt, truncated or not an image format)")
-    return image
-
-
 _JPEG_FRAME_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_JPEG_START_OF_SCAN = 0xDA
 _REDUCED_DECODE = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
-    """(height, width) from a JPEG's frame header without decoding it; None if there is none."""
-    header = data[:65536].tobytes()
-    if header[:2] != b"\xff\xd8":
-        return None
+def _jpeg_segments(data: np.ndarray):
+    """(marker, offset) of the JPEG header segments up to and including the first start of scan."""
+    header = data[:1 << 20].tobytes()
     at = 2
-    while at + 9 <= len(header) and header[at] == 0xFF:
-        marker, length = header[at + 1], int.from_bytes(header[at + 2:at + 4], "big")
+    while at + 4 <= len(header) and header[at] == 0xFF:
+        marker = header[at + 1]
+        if marker == 0xFF:          # fill byte
+            at += 1
+            continue
+        yield marker, at
+        if marker == _JPEG_START_OF_SCAN:
+            return
+        at += 2 + int.from_bytes(header[at + 2:at + 4], "big")
+
+
+def jpeg_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header without decoding it; None if it is no JPEG."""
+    if data[:2].tobytes() != b"\xff\xd8":
+        return None
+    for marker, at in _jpeg_segments(data):
         if marker in _JPEG_FRAME_MARKERS:
-            return int.from_bytes(header[at + 5:at + 7], "big"), int.from_bytes(header[at + 7:at + 9], "big")
-        at += 2 + length
+            frame = data[at + 5:at + 9].tobytes()
+            if len(frame) == 4:
+                return int.from_bytes(frame[:2], "big"), int.from_bytes(frame[2:], "big")
     return None
+
+
+def png_size(data: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk; None if it is no PNG."""
+    head = data[:24].tobytes()
+    if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 24:
+        return None
+    return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+def _jpeg_is_truncated(data: np.ndarray) -> bool:
+    """A JPEG must have an end-of-image marker after its first scan; OpenCV silently pads a truncated
+    one with grey. Bytes after the marker (some cameras and editors append them) are fine."""
+    scan = [at for marker, at in _jpeg_segments(data) if marker == _JPEG_START_OF_SCAN]
+    start = scan[0] if scan else 2
+    return data[start:].tobytes().rfind(b"\xff\xd9") < 0
+
+
+def _check_size(path: str, size: tuple[int, int] | None) -> None:
+    if size is None:
+        return
+    height, width = size
+    if height == 0 or width == 0:
+        raise BadFileError(path, f"image header says {width}x{height} pixels")
+    if height * width > MAX_IMAGE_PIXELS:
+        raise BadFileError(path, f"image is {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                 "faceseg decodes (MAX_IMAGE_PIXELS)")
+
+
+def _decode(path: str, flags: int, data: np.ndarray) -> np.ndarray:
+    is_jpeg = data[:2].tobytes() == b"\xff\xd8"
+    _check_size(path, jpeg_size(data) if is_jpeg else png_size(data))
+    if is_jpeg and _jpeg_is_truncated(data):
+        raise BadFileError(path, "truncated JPEG (no end-of-image marker)")
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as error:   # OpenCV refuses some corrupt headers by raising, not by returning None
+        raise BadFileError(path, f"not a decodable image ({str(error).strip().splitlines()[-1]})") from None
+    if image is None or image.size == 0:
+        raise BadFileError(path, "not a decodable image (corrupt, truncated or not an image format)")
+    if image.shape[0] * image.shape[1] > MAX_IMAGE_PIXELS:
+        raise BadFileError(path, f"image is {image.shape[1]}x{image.shape[0]} pixels, more than the "
+                                 f"{MAX_IMAGE_PIXELS:,} faceseg decodes")
+    return image
 
 
 def _decode_scale(original: tuple[int, int], size: int | None) -> int:
@@ -74,35 +119,43 @@ def _decode_scale(original: tuple[int, int], size: int | None) -> int:
     return max([1] + [k for k in _REDUCED_DECODE if min(original) // k >= size])
 
 
-def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Any JPEG/PNG (grey, RGB, RGBA, 8 or 16 bit) -> ((H', W', 3) uint8 RGB, original (H, W)).
-
-    With `size`, a JPEG of at least twice that size is decoded at 1/2, 1/4 or 1/8 of its resolution
-    by libjpeg's scaled IDCT (an area average, like INTER_AREA) and H', W' may be smaller than H, W:
-    measured on 512 px faces, 0.68 ms against 1.20 ms for the full decode, before the resize it spares.
-    """
-    data = _read_bytes(path)
-    original = jpeg_size(data)
-    scale = _decode_scale(original, size) if original else 1
-    if scale > 1:
-        image = _decode(path, _REDUCED_DECODE[scale] | cv2.IMREAD_IGNORE_ORIENTATION, data)
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), original
-    image = _decode(path, cv2.IMREAD_UNCHANGED, data)
+def _to_rgb(path: str, image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint16:
         image = (image >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise BadFileError(path, f"unsupported pixel type {image.dtype}")
     if image.ndim == 2:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    else:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise BadFileError(path, f"unsupported number of channels {image.shape[2]}")
+
+
+def decode_image(data: np.ndarray, path: str, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded bytes of any JPEG/PNG/... (grey, RGB, RGBA, 8 or 16 bit) -> ((H', W', 3) uint8 RGB, (H, W)).
+
+    With `size`, a JPEG of at least twice that size is decoded at 1/2, 1/4 or 1/8 of its resolution
+    by libjpeg's scaled IDCT (an area average, like INTER_AREA) and H', W' may be smaller than the
+    original H, W: the decode gets cheaper and the resize to `size` it spares is the same average.
+    """
+    original = jpeg_size(data)
+    scale = _decode_scale(original, size) if original else 1
+    if scale > 1:
+        image = _decode(path, _REDUCED_DECODE[scale] | cv2.IMREAD_IGNORE_ORIENTATION, data)
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), original
+    image = _to_rgb(path, _decode(path, cv2.IMREAD_UNCHANGED, data))
     return image, image.shape[:2]
 
 
+def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image file at `path` (a path or URI); see decode_image."""
+    return decode_image(read_bytes(path), path, size)
+
+
 def _read_grey_ids(path: str) -> np.ndarray:
-    label = _decode(path, cv2.IMREAD_UNCHANGED)
+    label = _decode(path, cv2.IMREAD_UNCHANGED, read_bytes(path))
     if label.ndim == 3:
         channels = label[..., :3]
         if not (np.array_equal(channels[..., 0], channels[..., 1])
@@ -111,9 +164,9 @@ def _read_grey_ids(path: str) -> np.ndarray:
         label = channels[..., 0]
     if label.dtype != np.uint8:
         if label.max() > 255:
-            raise BadFileError(path, f"label id {int(label.max())} does not fit the taxonomy")
+            raise BadFileError(path, f"label id {int(label.max())} does not fit in 0..255")
         label = label.astype(np.uint8)
-    return label
+    return np.ascontiguousarray(label)
 
 
 def _merge_parts(parts: tuple[tuple[int, str], ...]) -> np.ndarray:
@@ -130,20 +183,20 @@ def _merge_parts(parts: tuple[tuple[int, str], ...]) -> np.ndarray:
     return merged
 
 
-def read_source_ids(sample: Sample, remap: Remap) -> np.ndarray:
-    """(H, W) uint8 ids of the data set's own taxonomy, each one checked to have a label name."""
+def read_source_ids(sample: Sample, taxonomy: Taxonomy) -> np.ndarray:
+    """(H, W) uint8 ids of the data set's own taxonomy, each one checked to have a class name."""
     source = _read_grey_ids(sample.label) if sample.label else _merge_parts(sample.parts)
-    named = len(remap.source_names)
+    named = taxonomy.num_classes
     if source.max() >= named:
         bad = np.unique(source[source >= named])
         raise BadFileError(sample.label_path,
-                           f"label ids {bad.tolist()[:8]} are outside 0..{named - 1} (the {named} label names)")
+                           f"label ids {bad.tolist()[:8]} are outside 0..{named - 1} (the {named} class names)")
     return source
 
 
 def read_label(sample: Sample, remap: Remap) -> np.ndarray:
-    """(H, W) uint8 ids in the 11-class taxonomy, at the label file's own resolution."""
-    return remap.apply(read_source_ids(sample, remap))
+    """(H, W) uint8 ids in the remap's target taxonomy, at the label file's own resolution."""
+    return remap.apply(read_source_ids(sample, remap.source))
 
 
 def check_same_aspect(image_shape, label_shape, label_path: str) -> None:
@@ -169,28 +222,27 @@ def load_sample(sample: Sample, remap: Remap, size: int) -> dict:
     row = {"image": resize_image(image, size), "name": sample.name, "split": sample.split,
            "height": height, "width": width}
     if sample.has_label:
-        source = read_source_ids(sample, remap)
+        source = read_source_ids(sample, remap.source)
         check_same_aspect((height, width), source.shape, sample.label_path)
-        # Nearest neighbour only picks pixels: remapping after it gives the same map, on 1/4 of them.
+        # Nearest neighbour only picks pixels: remapping after it gives the same map, on fewer pixels.
         row["mask"] = remap.apply(resize_label(source, size))
     return row
 
 
-def class_pixel_counts(masks: np.ndarray) -> np.ndarray:
-    """(B, H, W) uint8 ids -> (NUM_CLASSES,) pixel counts.
+def class_pixel_counts(masks: np.ndarray, num_classes: int) -> np.ndarray:
+    """(B, H, W) uint8 ids -> (num_classes,) pixel counts.
 
-    cv2.calcHist is 2x np.bincount here (no int64 copy); its float32 counts are exact per image
+    cv2.calcHist counts without np.bincount's int64 copy; its float32 counts are exact per image
     (under 2**24 pixels), so images are counted one at a time and summed as int64.
     """
-    counts = np.zeros(NUM_CLASSES, np.int64)
+    counts = np.zeros(num_classes, np.int64)
     for mask in masks:
-        counts += cv2.calcHist([mask], [0], None, [256], [0, 256]).reshape(-1)[:NUM_CLASSES].astype(np.int64)
+        counts += cv2.calcHist([mask], [0], None, [256], [0, 256]).reshape(-1)[:num_classes].astype(np.int64)
     return counts
 
 
-def write_png_atomic(path: Path, array: np.ndarray) -> None:
-    """A PNG that appears whole or not at all."""
+def encode_png(path: str, array: np.ndarray) -> bytes:
     ok, encoded = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"{path}: PNG encoding failed")
-    write_atomic(path, encoded.tobytes())
+    return encoded.tobytes()

@@ -1,20 +1,22 @@
-"""Find the (image, label map) pairs of a data set on disk, for each layout of CONVENTIONS section 2.
+"""Find the (image, label map) pairs of a data set, for each layout of docs/data.md, on disk or a bucket.
 
-Discovery only lists files and decides splits and output names; decoding happens in `faceseg.data.decode`.
+Discovery only lists files and decides splits, class names and output names; decoding happens in
+`faceseg.data.decode`.
 """
 from __future__ import annotations
 
 import json
 import zlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-from faceseg.labels import CELEBAMASK_NAMES, LABEL_NAMES, Remap, build_remap, read_label_names
+from faceseg.labels import CELEBAMASK_NAMES, HELEN_NAMES, LAPA_NAMES, Taxonomy, read_label_names
+from faceseg.storage import Location
 
 LAYOUTS = ("helenstar", "lapa", "celebamask-hq", "pairs")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.1
+LABEL_NAMES_FILE = "label_names.txt"
 
 
 class DatasetError(ValueError):
@@ -25,10 +27,10 @@ class DatasetError(ValueError):
 class Sample:
     name: str                          # the image's stem, unique within a split
     split: str
-    image: str                         # path of the image file
+    image: str                         # the image file (a path or URI)
     label: str | None = None           # grey PNG of source class ids
     parts: tuple[tuple[int, str], ...] = ()  # CelebAMask-HQ raw masks: (source id, path)
-    prediction_name: str = ""          # file name of this image's label-map PNG (CONVENTIONS section 4)
+    prediction_name: str = ""          # this image's label-map PNG, relative to predict's output folder
 
     @property
     def has_label(self) -> bool:
@@ -52,13 +54,14 @@ class Sample:
 
 @dataclass
 class Source:
-    """A discovered data set: its samples, how its labels map to ours, and files that had no pair."""
+    """A discovered data set: its samples, the classes its label ids name, and files that had no pair."""
 
-    root: Path
+    root: Location
     layout: str
     samples: list[Sample]
-    remap: Remap
+    taxonomy: Taxonomy
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    names_from: str = ""           # where the class names came from
 
     def split_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -67,92 +70,129 @@ class Source:
         return counts
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files, and symlinks named like images even when broken or looping: decoding then names
-    the problem instead of the file silently vanishing from the data set."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
+def _images_in(folder: Location) -> list[Location]:
+    return [f for f in folder.files() if f.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def _split_of(folder: Path) -> str:
+def _split_of(folder: Location) -> str:
     return folder.name.lower() if folder.name.lower() in SPLITS else "train"
 
 
-def _find_label_names(*folders: Path) -> Path | None:
+def _taxonomy(names_file: Location | None, default: tuple[str, ...], layout: str) -> tuple[Taxonomy, str]:
+    if names_file is None:
+        return Taxonomy(default), f"the {layout} layout's {len(default)} classes"
+    try:
+        with_names = names_file.read_text()
+    except OSError as error:
+        raise DatasetError(f"{names_file}: cannot read ({error})") from None
+    names = [line.strip() for line in with_names.splitlines() if line.strip()]
+    try:
+        return Taxonomy(tuple(names)), str(names_file)
+    except ValueError as error:
+        raise DatasetError(f"{names_file}: {error}") from None
+
+
+def _find_label_names(*folders: Location) -> Location | None:
     for folder in folders:
-        if (folder / "label_names.txt").is_file():
-            return folder / "label_names.txt"
+        if (folder / LABEL_NAMES_FILE).is_file():
+            return folder / LABEL_NAMES_FILE
     return None
 
 
-def _remap_from(path: Path | None, default: tuple[str, ...]) -> Remap:
-    return build_remap(read_label_names(path) if path else list(default))
+def _unique_by_stem(images: list[Location], labelled: bool, problems: list) -> list[Location]:
+    """Images of one folder whose stems are unique; with labels, two images sharing a stem cannot
+    tell which of them the label map belongs to, so both are reported and left out."""
+    by_stem: dict[str, list[Location]] = {}
+    for image in images:
+        by_stem.setdefault(image.stem, []).append(image)
+    kept = []
+    for stem, group in by_stem.items():
+        if len(group) > 1 and labelled:
+            for image in group:
+                problems.append((str(image), f"{len(group)} images share the name {stem!r} "
+                                             f"({', '.join(i.name for i in group)}): which one is labelled?"))
+            continue
+        kept += group
+    return kept
 
 
 # --- helenstar: DIR/<name>_image.jpg + DIR/<name>_label.png, optionally under train/ test/ ----------
 
-def _helenstar_folders(root: Path) -> list[Path]:
-    has_own = any(p.stem.endswith("_image") for p in _images_in(root))
-    subs = [d for d in sorted(root.iterdir()) if d.is_dir()
-            and any(p.stem.endswith("_image") for p in _images_in(d))]
-    return ([root] if has_own else []) + subs
+def _has_helen_images(folder: Location) -> bool:
+    return any(p.stem.endswith("_image") for p in _images_in(folder))
 
 
-def discover_helenstar(root: Path, require_labels: bool = True) -> Source:
+def _helenstar_folders(root: Location) -> list[Location]:
+    subs = [d for d in root.folders() if _has_helen_images(d)]
+    return ([root] if _has_helen_images(root) else []) + subs
+
+
+def discover_helenstar(root: Location, require_labels: bool = True) -> Source:
     folders = _helenstar_folders(root)
     if not folders:
         raise DatasetError(f"{root}: no '<name>_image.<ext>' files here or in its sub-folders (helenstar layout)")
     samples, problems = [], []
     for folder in folders:
-        for image in _images_in(folder):
-            if not image.stem.endswith("_image"):
+        files = {f.name for f in folder.files()}
+        images = [p for p in _images_in(folder) if p.stem.endswith("_image")]
+        by_name = {}
+        for image in images:
+            by_name.setdefault(image.stem[: -len("_image")], []).append(image)
+        for name, group in by_name.items():
+            label = folder / f"{name}_label.png" if f"{name}_label.png" in files else None
+            if len(group) > 1 and label is not None:
+                problems += [(str(i), f"{len(group)} images for the label {label.name}: which one is labelled?")
+                             for i in group]
                 continue
-            name = image.stem[: -len("_image")]
-            label = folder / f"{name}_label.png"
-            if not label.is_file():
-                if require_labels:
-                    problems.append((str(image), f"missing label map {label.name}"))
+            for image in group:
+                if label is None and require_labels:
+                    problems.append((str(image), f"missing label map {name}_label.png"))
                     continue
-                label = None
-            samples.append(Sample(name, _split_of(folder), str(image), str(label) if label else None,
-                                  prediction_name=f"{name}_label.png"))
+                prediction = f"{name}_label.png" if len(group) == 1 else f"{image.stem}{image.suffix}_label.png"
+                samples.append(Sample(name if len(group) == 1 else f"{image.stem}{image.suffix}",
+                                      _split_of(folder), str(image), str(label) if label else None,
+                                      prediction_name=prediction))
     names_file = _find_label_names(root, root.parent, *folders)
-    return Source(root, "helenstar", samples, _remap_from(names_file, LABEL_NAMES), problems)
+    taxonomy, names_from = _taxonomy(names_file, HELEN_NAMES, "helenstar")
+    return Source(root, "helenstar", samples, taxonomy, problems, names_from)
 
 
 # --- lapa: DIR/{train,val,test}/images/<name>.jpg + .../labels/<name>.png ----------------------------
 
-def _lapa_split_folders(root: Path) -> list[Path]:
-    if (root / "images").is_dir():
-        return [root]
-    return [root / s for s in SPLITS if (root / s / "images").is_dir()]
+def _lapa_split_folders(root: Location) -> list[Location]:
+    folders = {f.name: f for f in root.folders()}
+    return [folders[s] for s in SPLITS if s in folders and (folders[s] / "images").is_dir()]
 
 
-def _paired_by_stem(images_dir: Path, labels_dir: Path | None, split: str, require_labels: bool,
+def _paired_by_stem(images_dir: Location, labels_dir: Location | None, split: str, require_labels: bool,
                     problems: list) -> list[Sample]:
     labels = {}
-    if labels_dir is not None and labels_dir.is_dir():
-        labels = {p.stem: p for p in labels_dir.iterdir() if p.suffix.lower() == ".png"}
+    if labels_dir is not None:
+        labels = {p.stem: p for p in labels_dir.files() if p.suffix.lower() == ".png"}
+    images = _images_in(images_dir)
+    stems = [i.stem for i in images]
     samples = []
-    for image in _images_in(images_dir):
+    for image in _unique_by_stem(images, bool(labels), problems):
         label = labels.get(image.stem)
         if label is None and require_labels:
             problems.append((str(image), f"missing label map {image.stem}.png in {labels_dir}"))
             continue
-        samples.append(Sample(image.stem, split, str(image), str(label) if label else None,
-                              prediction_name=f"{image.stem}.png"))
+        # Two unlabelled images may share a stem (a.jpg, a.png): their predictions keep the extension.
+        shared = stems.count(image.stem) > 1
+        name = f"{image.stem}{image.suffix}" if shared else image.stem
+        samples.append(Sample(name, split, str(image), str(label) if label else None, prediction_name=f"{name}.png"))
     return samples
 
 
-def discover_lapa(root: Path, require_labels: bool = True) -> Source:
+def discover_lapa(root: Location, require_labels: bool = True) -> Source:
     folders = _lapa_split_folders(root)
     if not folders:
         raise DatasetError(f"{root}: no {{train,val,test}}/images folders (lapa layout)")
     samples, problems = [], []
     for folder in folders:
-        samples += _paired_by_stem(folder / "images", folder / "labels", _split_of(folder),
-                                   require_labels, problems)
-    names_file = _find_label_names(root, root.parent)
-    return Source(root, "lapa", samples, _remap_from(names_file, LABEL_NAMES), problems)
+        samples += _paired_by_stem(folder / "images", folder / "labels", _split_of(folder), require_labels, problems)
+    taxonomy, names_from = _taxonomy(_find_label_names(root, root.parent), LAPA_NAMES, "lapa")
+    return Source(root, "lapa", samples, taxonomy, problems, names_from)
 
 
 # --- celebamask-hq: CelebA-HQ-img/<k>.jpg + merged CelebAMask-HQ-mask/<k>.png or raw part masks -----
@@ -161,69 +201,79 @@ MERGED_MASK_DIRS = ("CelebAMask-HQ-mask", "CelebAMaskHQ-mask")
 RAW_MASK_DIR = "CelebAMask-HQ-mask-anno"
 
 
-def _raw_parts(anno: Path, k: int) -> tuple[tuple[int, str], ...]:
-    folder = anno / str(k // 2000)
-    parts = []
-    for source_id, part in enumerate(CELEBAMASK_NAMES):
-        path = folder / f"{k:05d}_{part}.png"
-        if source_id and path.is_file():
-            parts.append((source_id, str(path)))
-    return tuple(parts)
-
-
-def discover_celebamask(root: Path, require_labels: bool = True) -> Source:
+def discover_celebamask(root: Location, require_labels: bool = True) -> Source:
     images_dir = root / "CelebA-HQ-img"
     if not images_dir.is_dir():
         raise DatasetError(f"{root}: no CelebA-HQ-img folder (celebamask-hq layout)")
-    merged = next((root / d for d in MERGED_MASK_DIRS if (root / d).is_dir()), None)
-    anno = root / RAW_MASK_DIR
+    folders = {f.name: f for f in root.folders()}
+    merged = next((folders[d] for d in MERGED_MASK_DIRS if d in folders), None)
     samples, problems = [], []
-    if merged is not None or not anno.is_dir():
+    if merged is not None or RAW_MASK_DIR not in folders:
         samples = _paired_by_stem(images_dir, merged, "train", require_labels, problems)
-        names_file = _find_label_names(root)
-        remap = _remap_from(names_file, CELEBAMASK_NAMES)
+        taxonomy, names_from = _taxonomy(_find_label_names(root), CELEBAMASK_NAMES, "celebamask-hq")
     else:
-        for image in _images_in(images_dir):
-            parts = _raw_parts(anno, int(image.stem)) if image.stem.isdigit() else ()
+        anno = folders[RAW_MASK_DIR]
+        part_files = {}   # one listing per part folder <k//2000>/, not one existence check per part
+        for sub in anno.folders():
+            for f in sub.files():
+                part_files[f.name] = f
+        for image in _unique_by_stem(_images_in(images_dir), True, problems):
+            parts = ()
+            if image.stem.isdigit():
+                k = int(image.stem)
+                parts = tuple((i, str(part_files[f"{k:05d}_{part}.png"])) for i, part in enumerate(CELEBAMASK_NAMES)
+                              if i and f"{k:05d}_{part}.png" in part_files
+                              and part_files[f"{k:05d}_{part}.png"].parent.name == str(k // 2000))
             if not parts and require_labels:
                 problems.append((str(image), f"no part masks {image.stem.zfill(5)}_<part>.png under {anno}"))
                 continue
-            samples.append(Sample(image.stem, "train", str(image), parts=parts,
-                                  prediction_name=f"{image.stem}.png"))
-        remap = build_remap(CELEBAMASK_NAMES)  # raw parts are merged in the official order
-    return Source(root, "celebamask-hq", samples, remap, problems)
+            samples.append(Sample(image.stem, "train", str(image), parts=parts, prediction_name=f"{image.stem}.png"))
+        taxonomy, names_from = Taxonomy(CELEBAMASK_NAMES), "the official merge order of the raw part masks"
+    return Source(root, "celebamask-hq", samples, taxonomy, problems, names_from)
 
 
 # --- pairs: --images DIR --masks DIR, paired by stem ---------------------------------------------------
 
-def discover_pairs(images: Path, masks: Path | None, label_names: Path | None = None,
-                   require_labels: bool = True) -> Source:
+def discover_pairs(images: Location | str, masks: Location | str | None, label_names: Location | str | None = None,
+                   require_labels: bool = True, root: Location | None = None) -> Source:
+    images = Location.of(images)
+    masks = Location.of(masks) if masks else None
     if not images.is_dir():
         raise DatasetError(f"{images}: not a folder of images")
+    if masks is not None and not masks.is_dir():
+        raise DatasetError(f"{masks}: not a folder of label maps")
     problems: list = []
     samples = _paired_by_stem(images, masks, "train", require_labels, problems)
-    return Source(images, "pairs", samples, _remap_from(label_names, LABEL_NAMES), problems)
+    root = root or images
+    names_file = (Location.of(label_names) if label_names
+                  else _find_label_names(*dict.fromkeys((root, root.parent, images, images.parent))))
+    taxonomy, names_from = _taxonomy(names_file, HELEN_NAMES, "pairs")
+    return Source(root, "pairs", samples, taxonomy, problems, names_from)
 
 
 # --- dispatch --------------------------------------------------------------------------------------------
 
-def detect_layout(root: Path) -> str:
-    if (root / "CelebA-HQ-img").is_dir():
+def detect_layout(root: Location | str) -> str:
+    root = Location.of(root)
+    folders = {f.name for f in root.folders()}
+    if "CelebA-HQ-img" in folders:
         return "celebamask-hq"
     if _lapa_split_folders(root):
         return "lapa"
+    if "images" in folders and "labels" in folders:
+        return "pairs"
     if _helenstar_folders(root):
         return "helenstar"
     raise DatasetError(
         f"{root}: cannot tell the layout: expected <name>_image.jpg files (helenstar), "
-        "{train,val,test}/images/ (lapa) or CelebA-HQ-img/ (celebamask-hq); "
-        "for two plain folders use --images DIR --masks DIR")
+        "{train,val,test}/images/ (lapa), images/ + labels/ (pairs) or CelebA-HQ-img/ (celebamask-hq); "
+        "for two other folders use --images DIR --masks DIR")
 
 
-def discover(root: Path | str, layout: str = "auto", label_names: Path | None = None,
+def discover(root: Location | str, layout: str = "auto", label_names: Location | str | None = None,
              require_labels: bool = True) -> Source:
     """List a data set's samples. With require_labels=False, images without labels are kept."""
-    root = Path(root)
+    root = Location.of(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
     layout = detect_layout(root) if layout == "auto" else layout
@@ -234,21 +284,31 @@ def discover(root: Path | str, layout: str = "auto", label_names: Path | None = 
     elif layout == "celebamask-hq":
         source = discover_celebamask(root, require_labels)
     elif layout == "pairs":
-        source = discover_pairs(root, None, label_names, require_labels)
+        labels = root / "labels" if (root / "labels").is_dir() else None
+        images = root / "images" if (root / "images").is_dir() else root
+        source = discover_pairs(images, labels, label_names, require_labels, root)
     else:
         raise DatasetError(f"unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
     if label_names is not None and layout != "pairs":
-        source.remap = build_remap(read_label_names(label_names))
-    return source
+        source.taxonomy, source.names_from = _taxonomy(Location.of(label_names), (), layout)
+    return with_unique_prediction_names(source)
 
 
-def discover_images(folder: Path | str) -> Source:
+def discover_images(folder: Location | str) -> Source:
     """A bare folder of images (no labels): every image file, named `<stem>.png` on output."""
-    folder = Path(folder)
+    folder = Location.of(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
-    samples = [Sample(p.stem, "test", str(p), prediction_name=f"{p.stem}.png") for p in _images_in(folder)]
-    return Source(folder, "images", samples, build_remap(LABEL_NAMES))
+    samples = _paired_by_stem(folder, None, "test", False, [])
+    return Source(folder, "images", samples, Taxonomy(HELEN_NAMES), names_from="(no labels)")
+
+
+def with_unique_prediction_names(source: Source) -> Source:
+    """Predictions of a data set with several splits go to one sub-folder per split: LaPa may use one
+    name in train and in test, and one output folder must not hold two predictions under one name."""
+    if len({s.split for s in source.samples}) > 1:
+        source.samples = [replace(s, prediction_name=f"{s.split}/{s.prediction_name}") for s in source.samples]
+    return source
 
 
 def hold_out_validation(samples: list[Sample], fraction: float = VAL_FRACTION) -> list[Sample]:

@@ -14,7 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceseg.labels import CLASS_ID, write_label_names
+from faceseg.labels import HELEN, HELEN_NAMES, label_names_text
+
+CLASS_ID = {name: i for i, name in enumerate(HELEN_NAMES)}
 
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1, "test": 2}
 
@@ -220,7 +222,7 @@ def write_synthetic_dataset(out: Path, train: int = 200, test: int = 40, size: i
     for split, count in (("train", train), ("test", test)):
         (out / split).mkdir(parents=True, exist_ok=True)
         jobs += [_Job(out / split, split, i, size, seed) for i in range(count)]
-    write_label_names(out / "label_names.txt")
+    (out / "label_names.txt").write_text(label_names_text(HELEN))
     start = time.perf_counter()
     # Rendering is CPU-bound numpy/OpenCV: processes, not threads. Tasks are ~ms, so chunk them.
     with ProcessPoolExecutor(max_workers=workers) as pool:
