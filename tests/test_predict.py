@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_env
 from datasets import save_rgb, write_lapa
 from faceseg.cli import main
-from faceseg.metrics.evaluate import evaluate_folders
+from faceseg.metrics.evaluate import evaluate
 from faceseg.predict.job import steady_rate
 
 
@@ -34,8 +34,10 @@ def test_one_png_per_image_at_original_size_and_report_equals_evaluate(trained_r
         assert pred.shape == (96, 96) and pred.dtype == np.uint8 and pred.max() <= 10
     assert len(list((out / "overlays").glob("*.png"))) == 12
     report = json.loads((out / "report.json").read_text())
-    assert report == evaluate_folders(synth_dir / "test", out)
+    again = evaluate(synth_dir / "test", out)
+    assert {key: report[key] for key in again} == again
     assert report["images"] == 12 and 0 <= report["f1"]["overall"] <= 1
+    assert report["files"][expected[0]].endswith(expected[0].replace("_label.png", "_image.jpg"))
 
 
 def test_steady_rate_counts_only_images_of_warm_actors():

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from faceseg.labels import NUM_CLASSES
-
 
 def class_weights(frequency, mode: str) -> list[float]:
-    """Per-class CE weights from pixel frequencies: 'sqrt-inverse' lifts eyes and brows (~0.3% of pixels)
-    about 15x over background, so they are not ignored early; normalised to mean 1 over pixels."""
+    """Per-class CE weights from pixel frequencies: 'sqrt-inverse' lifts small parts (Helen's eyes and
+    brows cover ~0.3% of pixels) over the background, so they are not ignored early; normalised to
+    mean 1 over pixels."""
     if mode == "none":
-        return [1.0] * NUM_CLASSES
+        return [1.0] * len(frequency)
     if mode != "sqrt-inverse":
         raise ValueError(f"train.class_weights must be none or sqrt-inverse, not {mode!r}")
     freq = [max(float(f), 1e-4) for f in frequency]
@@ -29,7 +28,7 @@ def _pixel_cross_entropy(y_true, logits, weights):
 def _soft_dice(y_true, logits, eps: float = 1.0):
     """(B,) 1 - mean over classes of the soft Dice; one-hot only per batch, inside the graph."""
     probs = tf.nn.softmax(logits)
-    onehot = tf.one_hot(tf.cast(y_true, tf.int32), NUM_CLASSES, dtype=probs.dtype)
+    onehot = tf.one_hot(tf.cast(y_true, tf.int32), tf.shape(logits)[-1], dtype=probs.dtype)
     inter = tf.reduce_sum(probs * onehot, axis=[1, 2])
     total = tf.reduce_sum(probs + onehot, axis=[1, 2])
     return 1.0 - tf.reduce_mean((2.0 * inter + eps) / (total + eps), axis=-1)

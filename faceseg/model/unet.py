@@ -7,7 +7,6 @@ import tf_keras as keras
 from tf_keras import layers
 
 from faceseg.config import ModelConfig
-from faceseg.labels import NUM_CLASSES
 
 
 def _conv_block(x, filters: int, batch_norm: bool, name: str):
@@ -28,8 +27,8 @@ def _upsample(x, filters: int, mode: str, name: str):
     raise ValueError(f"model.upsampling must be 'transpose' or 'resize', not {mode!r}")
 
 
-def build_unet(config: ModelConfig, size: int | None = None) -> keras.Model:
-    """uint8 RGB (B, S, S, 3) -> float32 logits (B, S, S, 11). S must be divisible by 2**depth."""
+def build_unet(config: ModelConfig, size: int | None, num_classes: int) -> keras.Model:
+    """uint8 RGB (B, S, S, 3) -> float32 logits (B, S, S, num_classes). S must be divisible by 2**depth."""
     if not 3 <= config.depth <= 5:
         raise ValueError(f"model.depth must be 3..5, not {config.depth}")
     inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
@@ -47,7 +46,7 @@ def build_unet(config: ModelConfig, size: int | None = None) -> keras.Model:
         x = _upsample(x, filters, config.upsampling, f"up{level}")
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _conv_block(x, filters, config.batch_norm, f"up{level}")
-    x = layers.Conv2D(NUM_CLASSES, 1, name="classifier")(x)
-    # Logits stay float32 even under a mixed_float16 policy, for a stable softmax and loss.
+    x = layers.Conv2D(num_classes, 1, name="classifier")(x)
+    # Logits stay float32 under a mixed-precision policy, for a stable softmax and loss.
     logits = layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=f"unet_d{config.depth}_f{config.base_filters}")

@@ -1,4 +1,4 @@
 """Batch prediction: a Ray Data job writing one label-map PNG per image, scored when ground truth exists."""
-from faceseg.predict.job import PredictSummary, run_prediction
+from faceseg.predict.job import PredictSummary, predict_folder
 
-__all__ = ["PredictSummary", "run_prediction"]
+__all__ = ["PredictSummary", "predict_folder"]
