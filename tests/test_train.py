@@ -14,7 +14,8 @@ import yaml
 from conftest import tiny_config
 from faceseg.cli import main
 from faceseg.data.cache import Cache
-from faceseg.model.saved import load_model, model_input_size
+from faceseg.labels import HELEN
+from faceseg.model.saved import inspect_model, load_model
 from faceseg.train.loop import make_train_dataset
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "model.keras", "checkpoints", "tensorboard")
@@ -36,7 +37,8 @@ def test_two_workers_learn(trained_run):
     # equal shards of 216 / 2 = 108 rows; a worker reads 4 x 2 rows a batch, 13 batches, 2 steps each
     assert rows[0]["steps"] == 26
     # model.keras is the best epoch by val_f1_overall, loadable in safe mode
-    assert model_input_size(trained_run / "model.keras") == 64
+    assert inspect_model(trained_run / "model.keras").size == 64
+    assert inspect_model(trained_run).taxonomy == HELEN
     assert load_model(trained_run).output_shape == (None, 64, 64, 11)
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert saved["scaling"]["num_workers"] == 2 and saved["data"]["size"] == 64
@@ -103,8 +105,8 @@ def _epoch_images(dataset) -> list[bytes]:
 def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
     shutil.copytree(cache_dir, tmp_path / "cache")
     cache = Cache.open(tmp_path / "cache")
-    held = make_train_dataset(cache.dataset("train"), 4, 1, "none", seed=1, in_memory_rows=216)
-    streamed = make_train_dataset(cache.dataset("train"), 4, 1, "none", seed=1)
+    held = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1, in_memory_rows=216)
+    streamed = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1)
     first, streamed_first = _epoch_images(held), _epoch_images(streamed)
     assert len(first) == len(streamed_first) == 216
     for parquet in (tmp_path / "cache").rglob("*.parquet"):   # later epochs must not read the files again

@@ -1,14 +1,14 @@
 """The one training loop, run by every Ray Train worker and by `--local` alike.
 
-    shard --to_tf--> augment --> model.fit (one epoch at a time, under the strategy)
-                                   | on_epoch_end
-                                   v
+    shard --to_tf--> [augment] --> model.fit (one epoch at a time, under the strategy)   [augment in the
+                                     | on_epoch_end                                      train step on a GPU]
+                                     v
             validate on the WHOLE val split -> checkpoint -> session.report -> table row
 """
 from __future__ import annotations
 
-import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,74 +17,85 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from faceseg.atomic import write_atomic
 from faceseg.config import Config, TrainConfig
 from faceseg.data.augment import augment_batch
-from faceseg.metrics import ConfusionMatrix
-from faceseg.model.unet import build_unet
+from faceseg.labels import Taxonomy
+from faceseg.metrics import ConfusionMatrix, validation_metrics
 from faceseg.model.losses import class_weights, make_loss
-from faceseg.model.saved import MODEL_FILE
+from faceseg.model.saved import MODEL_FILE, add_metadata
+from faceseg.model.unet import build_unet
+from faceseg.storage import Location
+from faceseg.train.checkpoint import (HISTORY_FILE, STATE_DIR, candidates, checkpoint_name, history_text,
+                                      read_history_text, restore_newest_whole, seal)
 from faceseg.train.progress import EpochProgressBar
-from faceseg.train.session import scratch_dir
+from faceseg.train.session import write_error
 
-STATE_DIR = "train_state"
-HISTORY_FILE = "metrics.jsonl"
 READ_ROWS = 64   # rows per hand-over from Ray Data to tf.data
-TABLE_COLUMNS = ("epoch", "loss", "val_loss", "val_pixel_accuracy", "val_mean_iou", "val_f1_overall",
-                 "images_per_second", "seconds")
+TABLE = (("epoch", "epoch", "d"), ("loss", "loss", ".4f"), ("val_loss", "val_loss", ".4f"),
+         ("val_acc", "val_pixel_accuracy", ".4f"), ("val_mIoU", "val_mean_iou", ".4f"))
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> keras.optimizers.Optimizer:
-    lr = config.learning_rate
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr, total = config.learning_rate, steps_per_epoch * config.epochs
     if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(total_steps, 1), alpha=0.05)
+        warmup = min(steps_per_epoch * config.warmup_epochs, total - 1)
+        lr = keras.optimizers.schedules.CosineDecay(lr if not warmup else 0.0, decay_steps=max(total - warmup, 1),
+                                                    alpha=0.05, warmup_target=lr if warmup else None,
+                                                    warmup_steps=warmup)
     elif config.schedule == "step":
-        bounds = [int(total_steps * 0.6), int(total_steps * 0.85)]
+        bounds = [int(total * 0.6), int(total * 0.85)]
         lr = keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr * 0.1, lr * 0.01])
-    elif config.schedule != "constant":
-        raise ValueError(f"train.schedule must be cosine, step or constant, not {config.schedule!r}")
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(lr)
     if config.optimizer == "adamw":
         return keras.optimizers.AdamW(lr, weight_decay=config.weight_decay)
-    raise ValueError(f"train.optimizer must be adam or adamw, not {config.optimizer!r}")
+    return keras.optimizers.Adam(lr)
 
 
-def make_train_dataset(shard, batch_size: int, world_size: int, augment: str, seed: int,
+def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
                        in_memory_rows: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
-    Keras treats a dataset's batch as GLOBAL under a multi-worker strategy and splits each one into
-    `world_size` per-replica steps, so a worker reads batch_size x world_size rows per batch to train
-    on batch_size of them per step (measured: steps per epoch = shard rows / batch_size).
-
-    Ray Data hands over READ_ROWS rows per Python call and tf.data shuffles and batches them in C++:
-    Ray's own local shuffle buffer and a Python call per batch competed with the training thread for
-    the GIL (one Ray worker, 128 px, batch 8: 29.6 / 29.9 -> 30.9 / 31.5 images/s).
+    `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). Ray Data
+    hands over READ_ROWS rows per Python call and tf.data shuffles and batches them in C++, outside the
+    GIL that the training thread needs.
 
     With `in_memory_rows` (the shard's size) the first epoch keeps the shard's rows in this worker's
     memory and later epochs replay them, reshuffled whole, as model.fit does with arrays: no Ray Data
-    execution per epoch (one Ray worker, 128 px, 400 images, 3 pairs: 31.3 / 30.6 / 32.1 -> 33.1 /
-    33.6 / 34.3 images/s). Without, the shard streams every epoch through a small shuffle buffer.
+    execution per epoch. Without, the shard streams every epoch through a small shuffle buffer.
+    `augment` is what runs here, on the worker's CPU ("none" when the train step augments on the device).
     """
-    global_batch = batch_size * world_size
     rows = shard.to_tf("image", "mask", batch_size=READ_ROWS).unbatch()     # (S, S, 3), (S, S) uint8
     if in_memory_rows:
         rows = rows.cache().shuffle(in_memory_rows, seed=seed)
     else:
-        rows = rows.shuffle(4 * global_batch, seed=seed)
-    dataset = rows.batch(global_batch, drop_remainder=True)
-    generator = tf.random.Generator.from_seed(seed)
-    dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, generator))
+        rows = rows.shuffle(4 * batch_size, seed=seed)
+    dataset = rows.batch(batch_size, drop_remainder=True)
+    if augment != "none":
+        generator = tf.random.Generator.from_seed(seed)
+        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator))
     options = tf.data.Options()
     # Ray Data already gave each worker its own equal shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     return dataset.with_options(options).prefetch(2)
 
 
+class AugmentingModel(keras.Model):
+    """The U-Net, augmenting each batch inside its train step: on a GPU the warps run there, next to
+    the model, instead of on the worker's CPU. Exported as the plain U-Net it wraps."""
+
+    def __init__(self, inputs, outputs, augment: str, flip_lut: np.ndarray, seed: int, **kwargs):
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self.augment_level, self.flip_lut = augment, flip_lut
+        self.augment_rng = tf.random.Generator.from_seed(seed)
+
+    def train_step(self, data):
+        images, masks = data
+        images, masks = augment_batch(images, masks, self.augment_level, self.flip_lut, self.augment_rng)
+        return super().train_step((images, masks))
+
+
 def load_batches(data, batch_size: int) -> list[dict]:
     """The whole val split as numpy batches, read once per worker: re-running a Ray Data pipeline
-    every epoch costs seconds, and val is a small fixed split (10% of train)."""
+    every epoch costs seconds, and val is a small fixed split."""
     return list(data.iter_batches(batch_size=batch_size, batch_format="numpy"))
 
 
@@ -99,56 +110,43 @@ def make_val_step(model: keras.Model, loss_fn):
     return val_step
 
 
-def validate(forward, val_batches: list[dict]) -> dict:
-    """Loss and the Helen metrics of CONVENTIONS section 4 over every image of the val split."""
-    confusion, losses = ConfusionMatrix(), []
+def validate(forward, val_batches: list[dict], taxonomy: Taxonomy) -> dict:
+    """Loss and the metrics of docs/metrics.md over every image of the val split."""
+    confusion, losses = ConfusionMatrix(taxonomy), []
     for batch in val_batches:
         loss, pred = forward(tf.constant(batch["image"]), tf.constant(batch["mask"]))
         losses.append(loss.numpy())
         confusion.add(batch["mask"], pred.numpy())
-    report = confusion.report()
-    return {"val_loss": float(np.concatenate(losses).mean()),
-            "val_pixel_accuracy": report["pixel_accuracy"], "val_mean_iou": report["mean_iou"],
-            "val_f1_overall": report["f1"]["overall"],
-            **{f"val_f1_{name}": report["f1"][name] for name in ("eyes", "brows", "mouth", "nose", "hair")}}
+    return {"val_loss": float(np.concatenate(losses).mean()), **validation_metrics(confusion.report())}
 
 
-def read_history(checkpoint: Path | None) -> list[dict]:
-    path = checkpoint / HISTORY_FILE if checkpoint else None
-    if not path or not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_history(path: Path, history: list[dict]) -> None:
-    write_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
-
-
-def format_row(row: dict, header: bool = False) -> str:
+def format_row(row: dict, metric: str, header: bool = False) -> str:
     if header:
-        names = ("epoch", "loss", "val_loss", "val_acc", "val_mIoU", "val_F1_overall", "train_img/s", "seconds")
+        names = [label for label, _, _ in TABLE] + [metric, "train_img/s", "seconds"]
         return " ".join(f"{name:>14}" for name in names)
-    cells = [f"{row['epoch']:>14d}"] + [f"{row[c]:>14.4f}" for c in TABLE_COLUMNS[1:-2]]
+    cells = [f"{row[key]:>14{fmt}}" for _, key, fmt in TABLE] + [f"{row[metric]:>14.4f}"]
     return " ".join(cells + [f"{row['images_per_second']:>14.1f}", f"{row['seconds']:>14.1f}"])
 
 
 class EpochEnd(keras.callbacks.Callback):
     """Validate, checkpoint and report after every epoch; print the epoch table on the chief."""
 
-    def __init__(self, session, checkpoint_state: tf.train.Checkpoint, loss_fn, history: list[dict],
-                 config: Config, run_dir: Path | None, global_batch: int):
+    def __init__(self, session, state: tf.train.Checkpoint, loss_fn, history: list[dict], config: Config,
+                 run: Location, images_per_step: int, info: dict, tensorboard: Path | None):
         super().__init__()
         # The batch hook only counts: without this, Keras copies every step's logs to numpy for it,
         # a host sync after each step.
         self._supports_tf_logs = True
-        self.global_batch, self.val_batches = global_batch, None
-        self.session, self.state, self.loss_fn = session, checkpoint_state, loss_fn
-        self.history, self.config, self.run_dir = history, config, run_dir
-        self.writer = tf.summary.create_file_writer(str(run_dir / "tensorboard" / "validation")) \
-            if run_dir and session.is_chief else None
+        self.images_per_step, self.val_batches = images_per_step, None
+        self.session, self.state, self.loss_fn = session, state, loss_fn
+        self.history, self.config, self.run, self.info = history, config, run, info
+        self.taxonomy, self.metric = Taxonomy(tuple(info["classes"])), info["metric"]
+        self.tensorboard = tensorboard
+        self.writer = tf.summary.create_file_writer(str(tensorboard / "validation")) if tensorboard else None
 
     def on_train_begin(self, logs=None):
-        # The same layers, uncompiled: the exported model.keras carries no optimizer state.
+        # The same layers as a plain functional model, uncompiled: the exported model.keras carries no
+        # optimizer state and no augmentation.
         self.export = keras.Model(self.model.inputs, self.model.outputs, name=self.model.name)
         # Built once: a tf.function made inside validate() would be re-traced every epoch.
         self.val_step = make_val_step(self.model, self.loss_fn)
@@ -156,80 +154,132 @@ class EpochEnd(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.started, self.steps = time.perf_counter(), 0
         if self.session.is_chief and not self.history:
-            print(format_row({}, header=True), flush=True)
+            print(format_row({}, self.metric, header=True), flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
         self.steps += 1
+
+    def _write_checkpoint(self, row: dict) -> Path:
+        """This worker's checkpoint in a scratch folder (every worker writes one: saving is collective
+        under MultiWorkerMirroredStrategy); the chief's is the one kept."""
+        folder = Path(tempfile.mkdtemp(prefix="faceseg-ckpt-"))
+        try:
+            # Explicit format: tf-keras falls back to HDF5 for ".keras" in threads other than the main
+            # one, and Ray Train runs this loop in a worker thread.
+            self.export.save(str(folder / MODEL_FILE), save_format="keras_v3")
+            add_metadata(folder / MODEL_FILE, {"classes": list(self.taxonomy.names), "size": self.info["size"],
+                                               "metric": self.metric, "epoch": row["epoch"], "metrics": row})
+            self.state.write(str(folder / STATE_DIR / "state"))  # weights + optimizer slots + step
+            (folder / HISTORY_FILE).write_text(history_text(self.history))
+            (folder / "config.yaml").write_text(self.config.to_yaml())
+            seal(folder, row["epoch"], row, {"classes": list(self.taxonomy.names), "size": self.info["size"]})
+            return folder
+        except OSError as error:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise write_error(error, folder) from None
 
     def on_epoch_end(self, epoch, logs=None):
         train_seconds = time.perf_counter() - self.started
         if self.val_batches is None:
             self.val_batches = load_batches(self.session.val_data(), self.config.train.batch_size)
-        row = {"epoch": epoch + 1, "loss": float(logs["loss"]), **validate(self.val_step, self.val_batches),
-               "steps": self.steps, "images_per_second": self.steps * self.global_batch / train_seconds}
+        row = {"epoch": epoch + 1, "loss": float(logs["loss"]),
+               **validate(self.val_step, self.val_batches, self.taxonomy),
+               "steps": self.steps, "images_per_second": self.steps * self.images_per_step / train_seconds}
         row["seconds"] = time.perf_counter() - self.started
         self.history.append(row)
-        folder = scratch_dir()
-        # Explicit format: tf-keras falls back to HDF5 for ".keras" in threads other than the main one,
-        # and Ray Train runs this loop in a worker thread.
-        self.export.save(str(folder / MODEL_FILE), save_format="keras_v3")
-        self.state.write(str(folder / STATE_DIR / "state"))  # weights + optimizer slots + step
-        write_history(folder / HISTORY_FILE, self.history)
-        self.config.to_yaml(folder / "config.yaml")
-        self.session.report(row, folder)
-        shutil.rmtree(folder, ignore_errors=True)
+        folder = self._write_checkpoint(row)
+        try:
+            self.session.report(row, folder, checkpoint_name(row["epoch"]))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         if self.session.is_chief:
-            print(format_row(row), flush=True)
-            if self.run_dir:
-                write_history(self.run_dir / HISTORY_FILE, self.history)
+            print(format_row(row, self.metric), flush=True)
+            (self.run / HISTORY_FILE).write_text(history_text(self.history))
             if self.writer:
                 with self.writer.as_default(step=epoch + 1):
                     for key, value in row.items():
                         tf.summary.scalar(key, value)
+                self.writer.flush()
+                if not self.run.is_local:
+                    (self.run / "tensorboard").upload_from(self.tensorboard)
+
+
+def _precision_policy(config: TrainConfig) -> str:
+    if not config.mixed_precision:
+        return "float32"
+    return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
 def train_loop(loop_config: dict, session) -> None:
     """Build, restore, fit: one epoch = one pass over this worker's shard.
 
-    loop_config: {"config": Config as a dict, "train_rows": rows in the train split,
-                  "train_in_memory": keep this worker's shard in memory after the first epoch,
-                  "class_frequency": train pixel frequency per class, "run_dir": RUN}.
+    loop_config: {"config": Config as a dict, "run": the run folder's URI, "train_rows": rows in the train
+                  split, "train_in_memory": keep this worker's shard in memory after the first epoch,
+                  "class_frequency": train pixel share per class, "classes": class names, "size": px,
+                  "metric": what picks the best epoch, "augment_on_device": augment in the train step}.
     """
     config = Config.from_dict(loop_config["config"])
+    run = Location.of(loop_config["run"])
+    taxonomy = Taxonomy(tuple(loop_config["classes"]))
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO
-    run_path = Path(loop_config["run_dir"]) if loop_config.get("run_dir") else None
-    if config.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.backend.clear_session()      # --local runs may follow each other in one process
+    keras.mixed_precision.set_global_policy(_precision_policy(config.train))
     strategy = session.strategy()
     keras.utils.set_random_seed(config.train.seed)
 
-    train_rows = loop_config["train_rows"] // session.world_size   # Ray splits the shards equally
-    batch_size = max(1, min(config.train.batch_size, train_rows // session.world_size))
-    steps_per_epoch = max(1, train_rows // (batch_size * session.world_size) * session.world_size)
+    replicas = strategy.num_replicas_in_sync
+    shard_rows = loop_config["train_rows"] // session.world_size   # Ray splits the shards equally
+    batch_size = max(1, min(config.train.batch_size, shard_rows // replicas))
+    if session.world_size > 1:
+        # Keras treats each worker's batch as the GLOBAL one under MultiWorkerMirroredStrategy and
+        # takes world_size steps of batch_size from it: a worker reads batch_size x world_size rows.
+        dataset_batch = batch_size * session.world_size
+        steps_per_epoch = max(1, shard_rows // dataset_batch * session.world_size)
+    else:      # one process: a batch is split between its replicas (MirroredStrategy) in one step
+        dataset_batch = batch_size * replicas
+        steps_per_epoch = max(1, shard_rows // dataset_batch)
+    on_device = loop_config["augment_on_device"]
+    seed = config.train.seed * 1000 + session.world_rank
     with strategy.scope():
-        model = build_unet(config.model, config.data.size)
-        optimizer = make_optimizer(config.train, steps_per_epoch * config.train.epochs)
-        loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"],
-                                                             config.train.class_weights))
+        unet = build_unet(config.model, loop_config["size"], taxonomy.num_classes)
+        model = AugmentingModel(unet.inputs, unet.outputs, config.train.augment, taxonomy.flip_lut, seed,
+                                name=unet.name) if on_device and config.train.augment != "none" else unet
+        optimizer = make_optimizer(config.train, steps_per_epoch)
+        loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"], config.train.class_weights))
         model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=config.train.jit)
+        # Slots now, not at the first step: a restore then reads everything at once, while its files exist.
+        optimizer.build(model.trainable_variables)
         state = tf.train.Checkpoint(model=model, optimizer=optimizer)
 
-    checkpoint = session.latest_checkpoint()
-    history = read_history(checkpoint)
-    if checkpoint:
-        state.read(str(checkpoint / STATE_DIR / "state")).expect_partial()
+    history = []
+    found = restore_newest_whole(candidates(session.restore_roots, session.latest_checkpoint()),
+                                 {"classes": list(taxonomy.names), "size": loop_config["size"]})
+    if found:
+        local, manifest = found
+        try:
+            history = read_history_text((local / HISTORY_FILE).read_text(), str(local / HISTORY_FILE))
+            state.read(str(local / STATE_DIR / "state")).expect_partial()
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
         if session.is_chief:
-            print(f"resumed from {checkpoint} after epoch {len(history)}", flush=True)
+            print(f"resumed from {manifest['checkpoint']} after epoch {len(history)}", flush=True)
     if len(history) >= config.train.epochs:
         return
 
-    seed = config.train.seed * 1000 + session.world_rank + 7919 * len(history)
-    train_data = make_train_dataset(session.train_data(), batch_size, session.world_size, config.train.augment, seed,
-                                    train_rows if loop_config["train_in_memory"] else None)
-    global_batch = batch_size * session.world_size
+    epoch_seed = seed + 7919 * len(history)
+    train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
+                                    taxonomy.flip_lut, epoch_seed,
+                                    shard_rows if loop_config["train_in_memory"] else None)
+    tensorboard = None
+    if session.is_chief:
+        tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
     callbacks = [EpochProgressBar(steps_per_epoch, config.train.epochs)] if session.progress_bar else []
-    callbacks.append(EpochEnd(session, state, loss_fn, history, config, run_path, global_batch))
-    if run_path and session.is_chief:
-        callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard"), profile_batch=0))
-    model.fit(train_data, epochs=config.train.epochs, initial_epoch=len(history), callbacks=callbacks,
-              verbose=0)
+    # A step trains on dataset_batch images in all (all workers' under MWMS, all replicas' otherwise).
+    callbacks.append(EpochEnd(session, state, loss_fn, history, config, run, dataset_batch, loop_config, tensorboard))
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(tensorboard), profile_batch=0))
+    try:
+        model.fit(train_data, epochs=config.train.epochs, initial_epoch=len(history), callbacks=callbacks, verbose=0)
+    finally:
+        if tensorboard and not run.is_local:
+            shutil.rmtree(tensorboard, ignore_errors=True)

@@ -1,101 +1,167 @@
-"""`faceseg train`: resolve the config and data, run the loop (Ray Train or local), export the run folder.
+"""`faceseg train`: check the config, the data and the run folder, run the loop (Ray Train or local), and
+leave the run folder complete (docs/runs.md).
 
-RUN/ config.yaml, metrics.jsonl, model.keras (best val_f1_overall), checkpoints/, tensorboard/
+RUN/ config.yaml, metrics.jsonl, model.keras (the best epoch), checkpoints/, tensorboard/, [cache/]
+RUN may be a local folder or a URI (s3://bucket/runs/r1): every file goes through pyarrow.fs, and Ray
+Train's checkpoints go to RUN/checkpoints on the same storage.
 """
 from __future__ import annotations
 
 import datetime
-import shutil
+import json
 from dataclasses import dataclass
-from pathlib import Path
-
-import ray.data
 
 import faceseg  # noqa: F401
-from faceseg.config import Config
-from faceseg.data.cache import Cache
-from faceseg.runtime import TRAIN_WORKER_ENV, init_ray, require_gpus
+from faceseg.config import Config, ConfigError
+from faceseg.data.cache import MANIFEST, Cache, CacheError
+from faceseg.labels import Taxonomy
 from faceseg.model.saved import MODEL_FILE
-from faceseg.train.loop import HISTORY_FILE, read_history, train_loop, write_history
-from faceseg.train.session import BEST_METRIC, LocalSession, RaySession
+from faceseg.runtime import TRAIN_WORKER_ENV, Needs, connect
+from faceseg.storage import Location
+from faceseg.train.checkpoint import MANIFEST as MANIFEST_FILE
+from faceseg.train.checkpoint import HISTORY_FILE, candidates, history_text, newest_manifest, read_history_text
+
+CHECKPOINTS = "checkpoints"      # Ray Train's run name: RUN/checkpoints
 
 CONFIG_FILE = "config.yaml"
-CHECKPOINTS = "checkpoints"
+CACHE_DIR = "cache"
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, MODEL_FILE, CHECKPOINTS, "tensorboard", CACHE_DIR)
+RESUMABLE = ("train.epochs", "data.in_memory", "scaling.")   # what --resume may change
+
+
+class RunError(ValueError):
+    pass
 
 
 @dataclass
-class TrainResult:
-    run_dir: Path
+class RunSummary:
+    run: Location
     history: list[dict]
     best: dict
+    metric: str
 
     def format(self) -> str:
         best = self.best
         return "\n".join([
-            f"trained {len(self.history)} epochs; best epoch {best['epoch']}: val F1 overall "
-            f"{100 * best[BEST_METRIC]:.2f}%, pixel accuracy {100 * best['val_pixel_accuracy']:.2f}%, "
-            f"mean IoU {100 * best['val_mean_iou']:.2f}%",
-            f"run:      {self.run_dir}",
-            f"model:    {self.run_dir / MODEL_FILE}",
-            f"metrics:  {self.run_dir / HISTORY_FILE}",
-            f"logs:     tensorboard --logdir {self.run_dir / 'tensorboard'}",
+            f"trained {len(self.history)} epochs; best epoch {best['epoch']}: {self.metric} {100 * best[self.metric]:.2f}%, "
+            f"pixel accuracy {100 * best['val_pixel_accuracy']:.2f}%, mean IoU {100 * best['val_mean_iou']:.2f}%",
+            f"run:      {self.run}",
+            f"model:    {self.run / MODEL_FILE}",
+            f"metrics:  {self.run / HISTORY_FILE}",
+            f"logs:     tensorboard --logdir {self.run / 'tensorboard'}",
         ])
 
 
-def _cli_overrides(args) -> dict:
-    get = lambda name: getattr(args, name, None)  # noqa: E731
-    return {
-        "data.cache": get("cache"), "data.data": get("data"), "data.size": get("size"),
-        "train.epochs": get("epochs"), "train.batch_size": get("batch_size"),
-        "train.learning_rate": get("learning_rate"), "train.mixed_precision": get("mixed_precision"),
-        "train.jit": get("jit"), "scaling.num_workers": get("num_workers"), "scaling.use_gpu": get("use_gpu"),
-        "scaling.gpus_per_worker": get("gpus_per_worker"), "scaling.cpus_per_worker": get("cpus_per_worker"),
-    }
+# --- the run folder -----------------------------------------------------------------------------------------
+
+def _intent(config: Config) -> dict:
+    """The config's keys that say what a run IS, with the values faceseg derives left out: a run from a
+    raw data set records its cache (RUN/cache), a run from a cache records the cache's size."""
+    flat = {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+    if config.data.data:
+        flat.pop("data.cache")
+    else:
+        flat.pop("data.size")
+    return {key: value for key, value in flat.items() if not key.startswith(RESUMABLE)}
 
 
-def resolve_run(args) -> tuple[Config, Path]:
-    """The run folder and its config: a resumed run's saved config, else YAML + command-line flags."""
-    if getattr(args, "resume", None):
-        run_dir = Path(args.resume).resolve()
-        if not (run_dir / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"{run_dir}: not a run folder (no {CONFIG_FILE}); nothing to resume")
-        config = Config.from_yaml(run_dir / CONFIG_FILE)
-        return config.with_overrides({"train.epochs": args.epochs}), run_dir
-    config = Config.from_yaml(args.config) if getattr(args, "config", None) else Config()
-    config = config.with_overrides(_cli_overrides(args))
-    if args.cache:
-        config = config.with_overrides({"data.data": None}) if config.data.data else config
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(getattr(args, "output", None) or f"runs/{stamp}").resolve()
-    return config, run_dir
+def saved_config(run: Location) -> Config:
+    try:
+        return Config.from_yaml_text((run / CONFIG_FILE).read_text(), str(run / CONFIG_FILE))
+    except FileNotFoundError:
+        raise RunError(f"{run}: not a run folder (no {CONFIG_FILE}); nothing to resume") from None
 
 
-def ensure_cache(config: Config, run_dir: Path) -> Cache:
-    """Open the configured cache, or prepare `data.data` into RUN/cache (once; reused on resume)."""
+def open_run(run: Location, config: Config, resume: bool, overwrite: bool) -> Config:
+    """The config to train with; refuses to reuse a run folder silently (docs/runs.md, "Run folders")."""
+    is_run = (run / CONFIG_FILE).is_file() or (run / CHECKPOINTS).is_dir()
+    if resume:
+        saved = saved_config(run)
+        mine, theirs = _intent(config), _intent(saved)
+        changed = [key for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+        if changed:
+            details = "; ".join(f"{key}: the run has {theirs.get(key)!r}, not {mine.get(key)!r}" for key in changed)
+            raise RunError(f"--resume {run}: the config differs from the run's ({details}). Only train.epochs, "
+                           "data.in_memory and scaling.* may change; train anew into another --output")
+        return saved.with_overrides({key: value for key, value in _flat(config).items() if key.startswith(RESUMABLE)})
+    if is_run:
+        if not overwrite:
+            raise RunError(f"--output {run}: a faceseg run is there already; add --resume to continue it, "
+                           "--overwrite to start it again, or choose another folder")
+        for name in RUN_FILES:      # faceseg's own files, by name; nothing else in the folder is touched
+            (run / name).delete()
+    elif run.is_file():
+        raise RunError(f"--output {run}: is a file; expected a run folder")
+    elif run.is_dir() and run.list() and not overwrite:
+        raise RunError(f"--output {run}: exists and is not a faceseg run folder; choose a new or empty folder")
+    return config
+
+
+def _flat(config: Config) -> dict:
+    return {f"{section}.{key}": value for section, values in config.to_dict().items() for key, value in values.items()}
+
+
+def resolve_metric(config: Config, taxonomy: Taxonomy) -> str:
+    """train.metric, with `auto` made concrete for these classes; refused when the run cannot report it."""
+    metric = taxonomy.default_metric if config.train.metric == "auto" else config.train.metric
+    allowed = [name for name in taxonomy.metric_names() if name != "val_loss"]
+    if metric not in allowed:
+        raise ConfigError(f"train.metric: {metric!r} is not reported for the classes {', '.join(taxonomy.names)}; "
+                          f"choose from auto, {', '.join(allowed)}")
+    return metric
+
+
+def _data_plan(config: Config, run: Location) -> tuple[Taxonomy, int, object]:
+    """(classes, size, Cache or Source) of the data a run will read, found without Ray."""
     if config.data.cache:
-        return Cache.open(config.data.cache)
+        cache = Cache.open(config.data.cache)
+        return cache.taxonomy, cache.size, cache
     if not config.data.data:
-        raise ValueError("no training data: give --cache CACHE (from `faceseg prepare`) or --data DATA")
-    cache_dir = run_dir / "cache"
-    if not (cache_dir / "manifest.json").is_file():
-        from faceseg.data.layouts import discover
-        from faceseg.data.prepare import prepare_cache
+        raise ConfigError("no training data: give --cache CACHE (from `faceseg prepare`) or --data DATA")
+    from faceseg.data.prepare import cache_remap, find_source
 
-        summary = prepare_cache(discover(Path(config.data.data), config.data.layout), cache_dir, config.data.size)
-        print(summary.format())
-    return Cache.open(cache_dir)
+    existing = run / CACHE_DIR / MANIFEST
+    if existing.is_file():     # a resumed run's own cache: reused only if it is what the config asks for
+        cache = Cache.open(run / CACHE_DIR)
+        wanted = {"source": str(Location.of(config.data.data)), "size": config.data.size, "classes": config.data.classes}
+        found = {key: cache.manifest.get(key) for key in wanted}
+        if found != wanted:
+            raise RunError(f"{run / CACHE_DIR} was prepared from {found}, not {wanted}; train anew into another --output")
+        return cache.taxonomy, cache.size, cache
+    source = find_source(config.data.data, layout=config.data.layout)
+    return cache_remap(source, config.data.classes).target, config.data.size, source
 
 
-def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, callbacks=()):
+def ensure_cache(config: Config, run: Location, plan) -> Cache:
+    """The configured cache, or `data.data` prepared into RUN/cache (once; reused on resume)."""
+    if isinstance(plan, Cache):
+        return plan
+    from faceseg.data.prepare import prepare_cache
+
+    print(prepare_cache(plan, run / CACHE_DIR, config.data.size, classes=config.data.classes).format(), flush=True)
+    return Cache.open(run / CACHE_DIR)
+
+
+# --- fitting ----------------------------------------------------------------------------------------------------
+
+def ray_worker_loop(loop_config: dict) -> None:
+    from faceseg.train.loop import train_loop
+    from faceseg.train.session import RaySession
+
+    train_loop(loop_config, RaySession(Location.of(loop_config["run"])))
+
+
+def _fit_ray(loop_config: dict, config: Config, cache: Cache, run: Location, metric: str, cpu_share: float,
+             callbacks=()) -> tuple[Location, Location]:
     """Ray Train: one worker per replica, MultiWorkerMirroredStrategy across them."""
+    import ray.data
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
     # Workers print the epoch table; per-epoch Ray Data progress bars from every worker would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-
     scaling = config.scaling
-    resources = {"CPU": scaling.cpus_per_worker}
+    resources = {"CPU": scaling.cpus_per_worker * cpu_share, **scaling.worker_resources}
     if scaling.use_gpu:
         resources["GPU"] = scaling.gpus_per_worker
     trainer = TensorflowTrainer(
@@ -106,18 +172,78 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run_dir: Path, cal
         datasets={"train": cache.dataset("train"), "val": cache.dataset("val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
-            name=CHECKPOINTS, storage_path=str(run_dir),
+            name=CHECKPOINTS, storage_path=run.path if not run.is_local else run.uri,
+            storage_filesystem=None if run.is_local else run.filesystem,
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=BEST_METRIC, checkpoint_score_order="max"),
+                num_to_keep=2, checkpoint_score_attribute=metric, checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=scaling.max_failures),
             worker_runtime_env={"env_vars": TRAIN_WORKER_ENV},
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             callbacks=list(callbacks),
         ),
     )
-    result = trainer.fit()
-    best_checkpoint, _ = max(result.best_checkpoints, key=lambda pair: pair[1][BEST_METRIC])
-    return Path(best_checkpoint.path), Path(result.checkpoint.path)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as error:
+        raise TrainingError(_root_cause(error)) from None
+    best_checkpoint, _ = max(result.best_checkpoints, key=lambda pair: pair[1][metric])
+    return (run / CHECKPOINTS / best_checkpoint.path.rstrip("/").rsplit("/", 1)[-1],
+            run / CHECKPOINTS / result.checkpoint.path.rstrip("/").rsplit("/", 1)[-1])
+
+
+class TrainingError(RuntimeError):
+    """Ray Train gave up (after max_failures); the message is the cause's last line."""
+
+
+def _root_cause(error: BaseException) -> str:
+    """The last line of the innermost error: 'disk full at ...', not a page of Ray's wrappers."""
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if line.strip() and not line.startswith(" ")]
+    for line in reversed(lines):
+        if "Error" in line or "error" in line:
+            return f"training failed: {line.strip()}"
+    return f"training failed: {lines[-1] if lines else error.__class__.__name__}"
+
+
+def _fit_local(loop_config: dict, cache: Cache, run: Location, metric: str) -> tuple[Location, Location]:
+    import ray.data
+
+    from faceseg.train.loop import train_loop
+    from faceseg.train.session import LocalSession
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
+    session = LocalSession(cache.dataset("train"), cache.dataset("val"), run, metric)
+    train_loop(loop_config, session)
+    kept = candidates(session.checkpoint_root)     # the newest first
+    scores = [json.loads((c / MANIFEST_FILE).read_text())["metrics"][metric] for c in kept]
+    return kept[scores.index(max(scores))], kept[0]
+
+
+def fit_run(config: Config, run: Location, plan, *, local: bool = False, cpu_share: float = 1.0,
+            callbacks=()) -> RunSummary:
+    """Train `config` into `run` on the Ray runtime this process is connected to (Tune trials call this)."""
+    run.mkdir()
+    cache = ensure_cache(config, run, plan)
+    config = config.with_overrides({"data.cache": str(cache.location), "data.size": cache.size})
+    (run / CONFIG_FILE).write_text(config.to_yaml())
+    taxonomy = cache.taxonomy
+    metric = resolve_metric(config, taxonomy)
+    on_device = config.train.augment_on == "device" or (config.train.augment_on == "auto" and config.scaling.use_gpu)
+    mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
+    print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at {cache.size} px, "
+          f"{taxonomy.num_classes} classes, {config.train.epochs} epochs, best epoch by {metric} -> {run}", flush=True)
+    loop_config = {"config": config.to_dict(), "run": str(run), "train_rows": cache.count("train"),
+                   "train_in_memory": train_in_memory(cache, config), "class_frequency": cache.class_frequency,
+                   "classes": list(taxonomy.names), "size": cache.size, "metric": metric,
+                   "augment_on_device": on_device}
+    if local:
+        best, latest = _fit_local(loop_config, cache, run, metric)
+    else:
+        best, latest = _fit_ray(loop_config, config, cache, run, metric, cpu_share, callbacks)
+    (run / MODEL_FILE).write_bytes((best / MODEL_FILE).read_bytes())
+    history = read_history_text((latest / HISTORY_FILE).read_text(), str(latest / HISTORY_FILE))
+    (run / HISTORY_FILE).write_text(history_text(history))
+    return RunSummary(run, history, max(history, key=lambda row: row[metric]), metric)
 
 
 def train_in_memory(cache: Cache, config: Config) -> bool:
@@ -129,47 +255,33 @@ def train_in_memory(cache: Cache, config: Config) -> bool:
     return in_memory
 
 
-def ray_worker_loop(loop_config: dict) -> None:
-    train_loop(loop_config, RaySession())
-
-
-def _fit_local(loop_config: dict, config: Config, cache: Cache, run_dir: Path):
-    ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
-    session = LocalSession(cache.dataset("train"), cache.dataset("val"), run_dir / CHECKPOINTS / "local")
-    train_loop(loop_config, session)
-    return session.best_checkpoint(), session.latest_checkpoint()
-
-
-def run_training(args) -> TrainResult:
-    """`faceseg train`: the command line's config and run folder, on a joined or local Ray runtime."""
-    config, run_dir = resolve_run(args)
-    local = bool(getattr(args, "local", False))
-    reserved = 0.0 if local else config.scaling.num_workers * config.scaling.cpus_per_worker
-    started_here = init_ray(getattr(args, "address", None), reserved_cpus=reserved)
-    if started_here and config.scaling.use_gpu and not local:
-        require_gpus(config.scaling.num_workers * config.scaling.gpus_per_worker)
-    return train(config, run_dir, local)
-
-
-def train(config: Config, run_dir: Path, local: bool = False, callbacks=()) -> TrainResult:
-    """Train `config` into `run_dir` (Ray must be up); `callbacks` are Ray Train callbacks (Tune's)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cache = ensure_cache(config, run_dir)
-    config = config.with_overrides({"data.cache": str(cache.path), "data.size": cache.size})
-    config.to_yaml(run_dir / CONFIG_FILE)
-    mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
-    print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at "
-          f"{cache.size} px, {config.train.epochs} epochs -> {run_dir}", flush=True)
-    loop_config = {"config": config.to_dict(), "train_rows": cache.count("train"), "run_dir": str(run_dir),
-                   "train_in_memory": train_in_memory(cache, config),
-                   "class_frequency": list(cache.manifest["class_pixel_frequency"].values())}
-
+def training_needs(config: Config, local: bool) -> Needs:
     if local:
-        best, latest = _fit_local(loop_config, config, cache, run_dir)
-    else:
-        best, latest = _fit_ray(loop_config, config, cache, run_dir, callbacks)
-    shutil.copyfile(best / MODEL_FILE, run_dir / MODEL_FILE)
-    history = read_history(latest)
-    write_history(run_dir / HISTORY_FILE, history)
-    best_row = max(history, key=lambda row: row[BEST_METRIC])
-    return TrainResult(run_dir, history, best_row)
+        return Needs()
+    scaling = config.scaling
+    return Needs(cpus=scaling.num_workers * scaling.cpus_per_worker,
+                 gpus=scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0.0,
+                 what=f"{scaling.num_workers} train worker(s) x {scaling.cpus_per_worker:g} CPU",
+                 flags="--num-workers, --set scaling.cpus_per_worker=... or --use-gpu")
+
+
+def train(config: Config, output: str | Location | None = None, *, resume: bool = False, overwrite: bool = False,
+          local: bool = False, address: str | None = None) -> RunSummary:
+    """Train `config` into the run folder `output` (default runs/<timestamp>).
+
+    Checked before Ray starts: the run folder (an existing run needs resume=True or overwrite=True, and a
+    resume may change only train.epochs, data.in_memory and scaling.*), the data, the metric, and that a
+    resumed run's checkpoints were trained on the same classes and size.
+    """
+    run = Location.of(output or f"runs/{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    config = open_run(run, config, resume, overwrite)
+    taxonomy, size, plan = _data_plan(config, run)
+    resolve_metric(config, taxonomy)
+    if resume:
+        newest = newest_manifest((run / CHECKPOINTS, run / CHECKPOINTS / "local"))
+        if newest and (newest.get("classes") != list(taxonomy.names) or newest.get("size") != size):
+            raise RunError(f"--resume {run}: its checkpoints were trained on {len(newest.get('classes', []))} classes "
+                           f"({', '.join(newest.get('classes', []))}) at {newest.get('size')} px; the data has "
+                           f"{taxonomy.num_classes} ({', '.join(taxonomy.names)}) at {size} px")
+    share = connect(address, training_needs(config, local))
+    return fit_run(config, run, plan, local=local, cpu_share=share)

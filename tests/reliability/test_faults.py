@@ -43,13 +43,17 @@ def test_a_failing_trial_is_reported_and_the_sweep_finishes(cache_dir, tmp_path)
         "data": {"cache": str(cache_dir)},
         "base": {"model": {"base_filters": 8, "dropout": 0.0}, "train": {"epochs": 1, "batch_size": 8},
                  "scaling": {"num_workers": 1}},
-        # depth 9 is rejected by the U-Net builder inside the trial's train worker
-        "space": {"model.depth": {"grid": [3, 9]}},
+        # a metric these classes do not report is refused inside the trial, when its data is known
+        "space": {"train.metric": {"grid": ["auto", "val_f1_nonsense"]}},
         "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent_trials": 2,
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep")]) == 0
-    results = pd.read_csv(tmp_path / "sweep" / "results.csv").set_index("model.depth")
-    assert results.loc[3, "status"] == "ok" and results.loc[9, "status"] == "failed"
-    assert "depth" in results.loc[9, "error"]
+    results = pd.read_csv(tmp_path / "sweep" / "results.csv").set_index("train.metric")
+    assert results.loc["auto", "status"] == "ok" and results.loc["val_f1_nonsense", "status"] == "failed"
+    assert "val_f1_nonsense" in results.loc["val_f1_nonsense", "error"]
     assert (tmp_path / "sweep" / "best_model.keras").is_file()
+    sweep["space"] = {"model.depth": {"grid": [3, 9]}}      # values a trial could never train: refused up front
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep2")]) == 2
+    assert not (tmp_path / "sweep2").exists()
