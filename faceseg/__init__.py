@@ -1,9 +1,22 @@
-"""faceseg: face parsing (11-class U-Net) trained, tuned and served on Ray."""
+"""faceseg: face parsing (a U-Net over any class taxonomy) trained, tuned, served and exported on Ray.
+
+The Python API is in `faceseg.api`; `faceseg.FaceParser` parses single images.
+"""
 import os
 
 # Keras 3, TensorFlow's default, fails under MultiWorkerMirroredStrategy; tf-keras does not.
 # This must happen before TensorFlow is first imported anywhere in the process.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# OpenCV reads this once, when it loads: no image header may make it allocate more than this.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+def __getattr__(name: str):
+    if name == "FaceParser":      # imported on first use: `import faceseg` stays free of TensorFlow
+        from faceseg.parser import FaceParser
+
+        return FaceParser
+    raise AttributeError(f"module 'faceseg' has no attribute {name!r}")

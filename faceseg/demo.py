@@ -4,17 +4,16 @@ synth -> prepare (Ray Data) -> train (Ray Train, 2 workers) -> predict (+ overla
 """
 from __future__ import annotations
 
-import argparse
 import time
-from pathlib import Path
 
 from faceseg.config import Config
 from faceseg.metrics import format_report
+from faceseg.storage import Location
 
 DEMO_SIZE = 128
 
 
-def demo_config(cache: Path, epochs: int) -> Config:
+def demo_config(cache: Location, epochs: int) -> Config:
     """Sized for a 2-core laptop: 2 workers x 4 images a step keeps enough optimiser steps per epoch."""
     return Config().with_overrides({
         "data.cache": str(cache), "data.size": DEMO_SIZE,
@@ -23,15 +22,18 @@ def demo_config(cache: Path, epochs: int) -> Config:
     })
 
 
-def run_demo(args) -> int:
-    from faceseg.data.layouts import discover
-    from faceseg.data.prepare import prepare_cache
+def run_demo(workdir: str, train_images: int = 600, test_images: int = 60, epochs: int = 12,
+             address: str | None = None) -> int:
+    from faceseg.data.prepare import find_source, prepare_cache
     from faceseg.data.synth import write_synthetic_dataset
-    from faceseg.predict import run_prediction
-    from faceseg.runtime import init_ray
-    from faceseg.train import run_training
+    from faceseg.predict import predict_folder
+    from faceseg.runtime import connect
+    from faceseg.train.run import train, training_needs
 
-    work = Path(args.workdir).resolve()
+    work = Location.of(workdir)
+    if not work.is_local:
+        raise ValueError(f"--workdir {work}: the demo writes a local folder")
+    config = demo_config(work / "cache", epochs)
     timings, start = {}, time.perf_counter()
 
     def stage(name: str, since: float) -> float:
@@ -39,27 +41,20 @@ def run_demo(args) -> int:
         print(f"--- {name} done in {timings[name]:.0f} s", flush=True)
         return time.perf_counter()
 
-    init_ray(args.address, reserved_cpus=2)
+    connect(address, training_needs(config, local=False))
     t = time.perf_counter()
-    print(f"--- synth: {args.train_images} train + {args.test_images} test faces at {DEMO_SIZE} px", flush=True)
-    write_synthetic_dataset(work / "data", args.train_images, args.test_images, DEMO_SIZE, seed=0)
+    print(f"--- synth: {train_images} train + {test_images} test faces at {DEMO_SIZE} px", flush=True)
+    write_synthetic_dataset(work.local() / "data", train_images, test_images, DEMO_SIZE, seed=0)
     t = stage("synth", t)
-    print(prepare_cache(discover(work / "data"), work / "cache", DEMO_SIZE).format(), flush=True)
+    print(prepare_cache(find_source(str(work / "data")), work / "cache", DEMO_SIZE).format(), flush=True)
     t = stage("prepare", t)
 
-    config_path = work / "demo.yaml"
-    demo_config(work / "cache", args.epochs).to_yaml(config_path)
-    train_args = argparse.Namespace(config=str(config_path), output=str(work / "run"), cache=None, data=None,
-                                    resume=None, local=False, address=args.address)
-    result = run_training(train_args)
+    result = train(config, work / "run", overwrite=True, address=address)
     print(result.format(), flush=True)
     t = stage("train", t)
 
-    predict_args = argparse.Namespace(model=str(work / "run"), input=str(work / "data" / "test"),
-                                      output=str(work / "predictions"), overlay=True, layout="auto",
-                                      batch_size=16, concurrency=1, num_gpus=0.0, overwrite=True,
-                                      address=args.address)
-    predictions = run_prediction(predict_args)
+    predictions = predict_folder(work / "run", work / "data" / "test", work / "predictions", overlay=True,
+                                 overwrite=True, address=address)
     t = stage("predict", t)
 
     total = time.perf_counter() - start

@@ -1,0 +1,86 @@
+"""`faceseg export RUN --format saved_model|tflite|onnx --output PATH`: a model other runtimes can load.
+
+- saved_model: TF Serving's format. Its `serving_default` signature takes `image`, a uint8 batch of RGB
+  images of any size (B, H, W, 3), resizes it to the model's grid, and returns `class_ids`, uint8
+  (B, H, W) at the input's size (probabilities resized bilinearly, then argmax, as faceseg predict does).
+- tflite: for phones; a fixed (1, S, S, 3) uint8 input at the model's grid size S, (1, S, S) uint8 ids.
+- onnx: through tf2onnx, (N, S, S, 3) uint8 in, (N, S, S) uint8 ids out.
+The class names travel beside each export as `classes.txt` (one a line, id = line number - 1).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from faceseg.labels import label_names_text
+from faceseg.model.saved import inspect_model, load_keras_model
+from faceseg.storage import Location
+
+FORMATS = ("saved_model", "tflite", "onnx")
+ONNX_OPSET = 17
+
+
+def _ids_function(tf, model, size: int, any_size: bool):
+    """uint8 images -> uint8 class ids, the model's argmax; with `any_size`, resized in and back out."""
+    def class_ids(image):
+        x = image
+        if any_size:
+            height, width = tf.shape(image)[1], tf.shape(image)[2]
+            x = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
+            x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+        probs = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32))
+        if any_size:
+            probs = tf.image.resize(probs, (height, width), method="bilinear")
+        return tf.cast(tf.argmax(probs, axis=-1), tf.uint8)
+    return class_ids
+
+
+def export(run: str | Location, format: str, output: str | Location, *, overwrite: bool = False) -> Location:
+    """Export the model of `run` (a run folder or .keras file) as `format` to `output`."""
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, not {format!r}")
+    info = inspect_model(run)
+    target = Location.of(output)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: exists; add --overwrite to replace it")
+    import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    import tensorflow as tf
+
+    model = load_keras_model(info)
+    classes = label_names_text(info.taxonomy)
+    with tempfile.TemporaryDirectory(prefix="faceseg-export-") as scratch:
+        built = Path(scratch) / target.name
+        if format == "saved_model":
+            ids = _ids_function(tf, model, info.size, any_size=True)
+            serve = tf.function(lambda image: {"class_ids": ids(image)},
+                                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")])
+            module = tf.Module()
+            module.model, module.serve = model, serve     # tracked: the variables and the function
+            tf.saved_model.save(module, str(built), signatures={"serving_default": serve})
+            (built / "assets").mkdir(exist_ok=True)
+            (built / "assets" / "classes.txt").write_text(classes)
+        elif format == "tflite":
+            ids = tf.function(_ids_function(tf, model, info.size, any_size=False),
+                              input_signature=[tf.TensorSpec([1, info.size, info.size, 3], tf.uint8, name="image")])
+            converter = tf.lite.TFLiteConverter.from_concrete_functions([ids.get_concrete_function()], model)
+            built.write_bytes(converter.convert())
+        else:
+            try:
+                import tf2onnx
+            except ImportError:
+                raise RuntimeError("ONNX export needs tf2onnx: pip install 'faceseg[export]'") from None
+            ids = tf.function(_ids_function(tf, model, info.size, any_size=False),
+                              input_signature=[tf.TensorSpec([None, info.size, info.size, 3], tf.uint8, name="image")])
+            tf2onnx.convert.from_function(ids, input_signature=ids.input_signature, opset=ONNX_OPSET,
+                                          output_path=str(built))
+        if overwrite:
+            target.delete()
+        target.upload_from(built)
+        if format != "saved_model":
+            classes_file(target).write_text(classes)
+    return target
+
+
+def classes_file(export: Location) -> Location:
+    """The class names beside a single-file export: model.onnx -> model.classes.txt."""
+    return export.parent / f"{export.stem}.classes.txt"

@@ -1,0 +1,1 @@
+"""Online parsing on Ray Serve: POST an image to /parse, get its label map (faceseg serve)."""

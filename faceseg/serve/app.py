@@ -1,0 +1,143 @@
+"""`faceseg serve`: a FaceParser behind HTTP on Ray Serve.
+
+    POST /parse            body: JPEG/PNG/... bytes  ->  the label map as a grey PNG (ids 0..N-1), at the
+                           image's own size; X-Faceseg-Classes names the ids
+    POST /parse?format=json                          ->  {"classes", "pixel_share", "size", "model", "metrics"}
+    GET  /healthz                                    ->  {"status": "ok", "model", "classes"}
+
+Each replica decodes a request on a thread (OpenCV releases the GIL) and hands the model's input to a
+Serve batch (`@serve.batch`): concurrent requests share one forward pass, then each one's probabilities
+are resized and argmaxed at its own size, the same code path as FaceParser and `faceseg predict`.
+Bad requests get a 4xx and a message; the replica keeps serving.
+
+Also deployable from a Serve config file: `serve deploy cluster/serve.yaml` (import_path
+faceseg.serve.app:build_app).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+
+from faceseg.data.decode import BadFileError, encode_png
+from faceseg.runtime import Needs, connect
+
+MAX_BODY_BYTES = 32 << 20
+IMAGE_TYPES = ("image/", "application/octet-stream")
+DEPLOYMENT = "FaceParsingService"
+
+
+def _service_class():
+    """The deployment class, defined on first use so that importing faceseg needs no ray[serve]."""
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    @serve.deployment(name=DEPLOYMENT)
+    class FaceParsingService:
+        def __init__(self, model: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01):
+            from faceseg.parser import FaceParser
+
+            self.parser = FaceParser.load(model)
+            self.model = str(self.parser.info.location)
+            self.metrics = self.parser.info.meta.get("metrics", {})
+            self.forward.set_max_batch_size(max_batch_size)
+            self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        async def forward(self, items: list[tuple[np.ndarray, tuple[int, int]]]) -> list[np.ndarray]:
+            return await asyncio.to_thread(self._forward, items)
+
+        def _forward(self, items):
+            probs = self.parser.probabilities(np.stack([pixels for pixels, _ in items]))
+            return [self.parser.label_map(probs[i], h, w) for i, (_, (h, w)) in enumerate(items)]
+
+        def _error(self, status: int, message: str) -> JSONResponse:
+            return JSONResponse({"error": message}, status_code=status)
+
+        async def __call__(self, request: Request):
+            path = request.url.path.rstrip("/")
+            if path.endswith("/healthz"):
+                return JSONResponse({"status": "ok", "model": self.model, "classes": list(self.parser.classes)})
+            if not path.endswith("/parse"):
+                return self._error(404, f"no route {request.url.path}; POST an image to /parse")
+            if request.method != "POST":
+                return self._error(405, "POST an image (JPEG/PNG bytes) to /parse")
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind and not kind.startswith(IMAGE_TYPES):
+                return self._error(415, f"content type {kind!r} is not an image; send JPEG or PNG bytes "
+                                        "(e.g. curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg')")
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                return self._error(413, f"the body is {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
+            body = await request.body()
+            if not body:
+                return self._error(400, "empty body: POST the image's bytes")
+            if len(body) > MAX_BODY_BYTES:
+                return self._error(413, f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
+            try:
+                pixels, size = await asyncio.to_thread(self.parser.read, bytes(body))
+            except BadFileError as error:
+                status = 413 if "more than" in error.reason else 400
+                return self._error(status, f"the body is not a usable image: {error.reason}")
+            ids = await self.forward((pixels, size))
+            if request.query_params.get("format", "png") == "json":
+                counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
+                return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
+                                     "pixel_share": {name: round(float(share), 6)
+                                                     for name, share in zip(self.parser.classes, counts)},
+                                     "model": self.model, "metrics": self.metrics})
+            return Response(encode_png("response", ids), media_type="image/png",
+                            headers={"X-Faceseg-Classes": json.dumps(list(self.parser.classes))})
+
+    return FaceParsingService
+
+
+def build_app(args: dict):
+    """A Serve application from a config file's `args`: model (required), max_batch_size,
+    batch_wait_timeout_s, replicas, num_gpus, num_cpus."""
+    from faceseg.model.saved import inspect_model
+
+    args = dict(args)
+    model = args.pop("model", None)
+    if not model:
+        raise ValueError("the faceseg Serve application needs args.model: a run folder, .keras file or URI")
+    inspect_model(model)                     # refuse an unsafe or missing model before any replica starts
+    replicas, gpus, cpus = int(args.pop("replicas", 1)), float(args.pop("num_gpus", 0)), float(args.pop("num_cpus", 1))
+    unknown = set(args) - {"max_batch_size", "batch_wait_timeout_s"}
+    if unknown:
+        raise ValueError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}")
+    options = {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
+    return _service_class().options(num_replicas=replicas, ray_actor_options=options).bind(model=str(model), **args)
+
+
+def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, num_gpus: float = 0.0,
+          max_batch_size: int = 8, address: str | None = None, block: bool = True) -> str:
+    """Deploy the model on Ray Serve at http://host:port/; returns that URL (blocks until Ctrl-C if `block`)."""
+    from faceseg.model.saved import inspect_model
+
+    if replicas < 1 or max_batch_size < 1 or num_gpus < 0 or not 0 < port < 65536:
+        raise ValueError("--replicas and --max-batch-size must be >= 1, --num-gpus >= 0, --port 1..65535")
+    inspect_model(model)
+    share = connect(address, Needs(cpus=0.0 if num_gpus else replicas, gpus=replicas * num_gpus,
+                                   what=f"{replicas} Serve replica(s)", flags="--replicas / --num-gpus"))
+    from ray import serve as ray_serve
+
+    ray_serve.start(http_options={"host": host, "port": port})
+    app = build_app({"model": model, "replicas": replicas, "num_gpus": num_gpus,
+                     "num_cpus": 0.01 if num_gpus else share, "max_batch_size": max_batch_size})
+    ray_serve.run(app, name="faceseg", route_prefix="/")
+    url = f"http://{host}:{port}"
+    print(f"serving {model} at {url}/parse ({replicas} replica(s)); health: {url}/healthz", flush=True)
+    if block:
+        print(f"try: curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {url}/parse -o labels.png\n"
+              "Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                import time
+
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            ray_serve.shutdown()
+    return url

@@ -1,0 +1,188 @@
+"""The model as a library (FaceParser), as an HTTP endpoint (a real Ray Serve app on 127.0.0.1, a real
+HTTP client), as exported files (SavedModel, TFLite, ONNX), and over a video."""
+import json
+import socket
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from datasets import face
+from faceseg.cli import main
+from faceseg.parser import FaceParser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def parser(trained_run) -> FaceParser:
+    return FaceParser.load(trained_run)
+
+
+def test_parser_gives_what_predict_writes(parser, trained_run, synth_dir, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(trained_run), "--input", str(synth_dir / "test"), "--output", str(out)]) == 0
+    images = sorted((synth_dir / "test").glob("*_image.jpg"))[:4]
+    for image in images:
+        written = cv2.imread(str(out / image.name.replace("_image.jpg", "_label.png")), cv2.IMREAD_UNCHANGED)
+        assert (parser(image) == written).all()
+    rgb = cv2.cvtColor(cv2.imread(str(images[0])), cv2.COLOR_BGR2RGB)
+    big = cv2.resize(rgb, (300, 200))                      # any size, any aspect: ids at the image's own size
+    ids = parser(big)
+    assert ids.shape == (200, 300) and ids.dtype == np.uint8 and ids.max() < len(parser.classes)
+    assert (parser(images[0].read_bytes()) == parser(images[0])).all()
+    batch = parser.batch([images[0], big])
+    assert (batch[0] == parser(images[0])).all() and (batch[1] == ids).all()
+    overlay = parser.overlay(big, ids)
+    assert overlay.ndim == 3 and overlay.shape[0] > 256 and parser.classes[1] == "face"
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height, with one tiny (wrong) data chunk: a lying header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def endpoint(trained_run, ray_runtime):
+    from ray import serve as ray_serve
+
+    from faceseg.api import serve
+
+    url = serve(str(trained_run), port=free_port(), max_batch_size=4, block=False)
+    yield url
+    ray_serve.shutdown()
+
+
+def test_serve_parses_images_over_http(endpoint, parser, synth_dir):
+    image = sorted((synth_dir / "test").glob("*_image.jpg"))[0]
+    health = requests.get(f"{endpoint}/healthz", timeout=60)
+    assert health.status_code == 200 and health.json()["classes"] == list(parser.classes)
+    reply = requests.post(f"{endpoint}/parse", data=image.read_bytes(), headers={"Content-Type": "image/jpeg"},
+                          timeout=120)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "image/png"
+    ids = cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert (ids == parser(image)).all()                        # the same code path as FaceParser
+    assert json.loads(reply.headers["X-Faceseg-Classes"]) == list(parser.classes)
+    summary = requests.post(f"{endpoint}/parse?format=json", data=image.read_bytes(), timeout=120).json()
+    assert summary["classes"] == list(parser.classes) and summary["size"] == [96, 96]
+    assert abs(sum(summary["pixel_share"].values()) - 1) < 1e-3 and "val_f1_overall" in summary["metrics"]
+
+
+def test_serve_refuses_bad_requests_and_keeps_serving(endpoint, synth_dir):
+    cases = [
+        (b"", {"Content-Type": "image/jpeg"}, 400, "empty body"),
+        (b"not an image at all", {"Content-Type": "image/jpeg"}, 400, "not a usable image"),
+        (b'{"a": 1}', {"Content-Type": "application/json"}, 415, "not an image"),
+        (_png_header_claiming(30000, 30000), {"Content-Type": "image/png"}, 413, "30000x30000"),
+    ]
+    for body, headers, status, words in cases:
+        reply = requests.post(f"{endpoint}/parse", data=body, headers=headers, timeout=60)
+        assert reply.status_code == status, (status, reply.text)
+        assert words in reply.json()["error"]
+    assert requests.get(f"{endpoint}/parse", timeout=60).status_code == 405
+    image = sorted((synth_dir / "test").glob("*_image.jpg"))[1]
+    assert requests.post(f"{endpoint}/parse", data=image.read_bytes(), timeout=120).status_code == 200
+
+
+def test_serve_config_file_is_a_valid_serve_deployment():
+    from ray.serve.schema import ServeDeploySchema
+
+    config = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(config)
+    app = schema.applications[0]
+    assert app.import_path == "faceseg.serve.app:build_app" and "model" in app.args
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+@pytest.fixture(scope="module")
+def sample_batch(synth_dir) -> np.ndarray:
+    images = sorted((synth_dir / "test").glob("*_image.jpg"))[:4]
+    return np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (64, 64),
+                                interpolation=cv2.INTER_AREA) for p in images])           # the model's grid
+
+
+@pytest.fixture(scope="module")
+def keras_ids(trained_run, sample_batch) -> np.ndarray:
+    from faceseg.model.saved import load_model
+
+    return np.argmax(load_model(trained_run).predict(sample_batch, verbose=0), axis=-1).astype(np.uint8)
+
+
+def test_saved_model_export_serves_uint8_in_ids_out(trained_run, tmp_path, sample_batch, keras_ids):
+    import tensorflow as tf
+
+    out = tmp_path / "saved"
+    assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 0
+    signature = tf.saved_model.load(str(out)).signatures["serving_default"]
+    ids = signature(image=tf.constant(sample_batch))["class_ids"].numpy()
+    assert ids.dtype == np.uint8 and _agreement(ids, keras_ids) >= 0.999
+    bigger = signature(image=tf.constant(np.repeat(np.repeat(sample_batch[:1], 2, 1), 2, 2)))["class_ids"]
+    assert bigger.shape == (1, 128, 128)                     # any input size: ids at that size
+    assert (out / "assets" / "classes.txt").read_text().split() == list(FaceParser.load(trained_run).classes)
+    assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 2   # no clobber
+
+
+def test_tflite_export(trained_run, tmp_path, sample_batch, keras_ids):
+    import tensorflow as tf
+
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(trained_run), "--format", "tflite", "--output", str(out)]) == 0
+    interpreter = tf.lite.Interpreter(model_path=str(out))
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    ids = []
+    for image in sample_batch:
+        interpreter.set_tensor(given["index"], image[None])
+        interpreter.invoke()
+        ids.append(interpreter.get_tensor(taken["index"])[0])
+    assert _agreement(np.stack(ids), keras_ids) >= 0.999
+    assert (tmp_path / "model.classes.txt").read_text().split()[0] == "bg"
+
+
+def test_onnx_export(trained_run, tmp_path, sample_batch, keras_ids):
+    import onnxruntime
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(trained_run), "--format", "onnx", "--output", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ids = session.run(None, {session.get_inputs()[0].name: sample_batch})[0]
+    assert ids.dtype == np.uint8 and _agreement(ids, keras_ids) >= 0.999
+
+
+def test_video_frames_go_through_the_batch_job(trained_run, parser, tmp_path):
+    clip = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 96))
+    for i in range(12):
+        writer.write(cv2.cvtColor(face(700 + i)[0], cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / "video-pred"
+    assert main(["predict", "--model", str(trained_run), "--input", str(clip), "--output", str(out),
+                 "--batch-size", "5"]) == 0
+    frames = sorted((out / "frames").glob("frame_*.png"))
+    assert len(frames) == 12
+    capture = cv2.VideoCapture(str(clip))
+    for index in (0, 7, 11):
+        capture.set(cv2.CAP_PROP_POS_FRAMES, index)
+        frame = cv2.cvtColor(capture.read()[1], cv2.COLOR_BGR2RGB)
+        written = cv2.imread(str(out / "frames" / f"frame_{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert written.shape == (96, 96) and (written == parser(frame)).all()
+    movie = cv2.VideoCapture(str(out / "overlay.mp4"))
+    assert movie.isOpened() and int(movie.get(cv2.CAP_PROP_FRAME_COUNT)) == 12
