@@ -15,10 +15,10 @@ TEST_SIZE = 64
 def ray_runtime():
     import ray
 
-    from faceseg.runtime import init_ray
+    from faceseg.runtime import Needs, connect
 
     # 2 trainer workers + a Tune trial + model actors hold logical CPUs; Ray Data keeps the real cores.
-    init_ray(reserved_cpus=6)
+    connect(needs=Needs(cpus=6))
     yield ray
     ray.shutdown()
 
@@ -64,6 +64,40 @@ def trained_run(cache_dir, tmp_path_factory) -> Path:
     config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=6)))
     assert main(["train", "--config", str(config), "--output", str(folder / "r1")]) == 0
     return folder / "r1"
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(options) -> a fresh tmpfs folder; skipped where this machine forbids mounting."""
+    import subprocess
+
+    mounted = []
+
+    def make(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield make
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    """Every file under `folder` (symlinks as their targets' names) -> its SHA-256: to show nothing changed."""
+    import hashlib
+
+    digest = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_symlink():
+            digest[str(path.relative_to(folder))] = "-> " + os.readlink(path)
+        elif path.is_file():
+            digest[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
 
 
 def cli_env() -> dict:

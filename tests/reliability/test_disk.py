@@ -1,29 +1,5 @@
 """A full or read-only output disk: a clear error and nothing half-written (real tmpfs mounts)."""
-import subprocess
-from pathlib import Path
-
-import pytest
-
 from faceseg.cli import main
-
-
-@pytest.fixture
-def mount(tmp_path):
-    """mount(options) -> a fresh tmpfs folder; skipped where this machine forbids mounting."""
-    mounted = []
-
-    def make(options: str) -> Path:
-        point = tmp_path / f"mnt{len(mounted)}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-        mounted.append(point)
-        return point
-
-    yield make
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], capture_output=True)
 
 
 def test_predict_into_a_full_disk_leaves_only_complete_pngs(trained_run, synth_dir, mount, capsys):
