@@ -76,8 +76,11 @@ def _check_object(obj: dict, where: str) -> None:
     name = obj.get("class_name")
     if OBJECTS.get(name) != obj.get("module") or obj.get("registered_name") not in (None, name):
         _refuse(where, f"{obj.get('module')}.{name} is not a stock initialiser or dtype policy")
-    if set(obj) - {"module", "class_name", "config", "registered_name"}:
-        _refuse(where, f"unexpected keys {sorted(set(obj) - {'module', 'class_name', 'config', 'registered_name'})}")
+    keys = {"module", "class_name", "config", "registered_name", "shared_object_id"}   # the id: one policy, shared
+    if set(obj) - keys:
+        _refuse(where, f"unexpected keys {sorted(set(obj) - keys)}")
+    if not isinstance(obj.get("shared_object_id", 0), int):
+        _refuse(where, "shared_object_id is not a number")
     _check_plain(obj.get("config") or {}, where)
 
 
