@@ -49,6 +49,9 @@ class ModelConfig:
     base_filters: int = option(16, low=4, high=256)    # filters of the first level; doubled at each level down
     dropout: float = option(0.1, low=0.0, high=0.9)    # at the bottleneck
     batch_norm: bool = True
+    # Weight of the old moving mean/variance per step. Keras' 0.99 averages over ~100 steps: on a small
+    # data set (a few dozen steps an epoch) validation then sees stale statistics for several epochs.
+    batch_norm_momentum: float = option(0.99, low=0.0, high=0.999)
     upsampling: str = option("transpose", choices=("transpose", "resize"))  # resize: bilinear + conv
 
 

@@ -1,6 +1,9 @@
 """The code paths meant for GPUs, run here on the CPU: mixed precision (bfloat16 where the device is a CPU),
 XLA, augmentation inside the train step, and `--local` with MirroredStrategy over two logical devices.
-Each trains a few epochs; its loss must be finite and its validation F1 within TOLERANCE of the plain run."""
+Each trains a few epochs from the same seed; its loss must be finite, its last-epoch training loss within
+LOSS_TOLERANCE of the plain run's (the numerics) and its validation F1 within F1_TOLERANCE (the learning).
+With Keras' default batch-norm momentum (0.99) validation after so few steps sees stale statistics and its
+F1 swings from run to run (0.16-0.41 for the plain run alone); these runs use momentum 0.9."""
 import json
 import math
 import subprocess
@@ -13,7 +16,8 @@ from conftest import cli_env, tiny_config
 from faceseg.cli import main
 
 EPOCHS = 4
-TOLERANCE = 0.15      # absolute val_f1_overall after EPOCHS epochs: other numerics, same learning
+LOSS_TOLERANCE = 0.2  # relative, on the mean training loss of the last epoch
+F1_TOLERANCE = 0.15   # absolute, on val_f1_overall after the last epoch
 
 
 def _history(run):
@@ -24,7 +28,9 @@ def _history(run):
 def plain(cache_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu-paths")
     config = folder / "plain.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=EPOCHS, augment="flip")))
+    config.write_text(yaml.safe_dump({**tiny_config(cache_dir, epochs=EPOCHS, augment="flip"),
+                                         "model": {"depth": 3, "base_filters": 16, "dropout": 0.0,
+                                                   "batch_norm_momentum": 0.9}}))
     assert main(["train", "--config", str(config), "--local", "--output", str(folder / "plain")]) == 0
     return folder, config, _history(folder / "plain")
 
@@ -33,8 +39,9 @@ def _check_against(plain_history, history):
     assert [row["epoch"] for row in history] == list(range(1, EPOCHS + 1))
     assert all(math.isfinite(row["loss"]) and math.isfinite(row["val_loss"]) for row in history)
     assert history[-1]["loss"] < history[0]["loss"]
-    assert abs(history[-1]["val_f1_overall"] - plain_history[-1]["val_f1_overall"]) <= TOLERANCE, \
-        (history[-1]["val_f1_overall"], plain_history[-1]["val_f1_overall"])
+    last, plain_last = history[-1], plain_history[-1]
+    assert abs(last["loss"] - plain_last["loss"]) <= LOSS_TOLERANCE * plain_last["loss"], (last, plain_last)
+    assert abs(last["val_f1_overall"] - plain_last["val_f1_overall"]) <= F1_TOLERANCE, (last, plain_last)
 
 
 @pytest.mark.parametrize("flags", [["--set", "train.mixed_precision=true"], ["--set", "train.jit=true"],
