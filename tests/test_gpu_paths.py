@@ -15,7 +15,7 @@ import yaml
 from conftest import cli_env, tiny_config
 from faceseg.cli import main
 
-EPOCHS = 4
+EPOCHS = 3
 LOSS_TOLERANCE = 0.2  # relative, on the mean training loss of the last epoch
 F1_TOLERANCE = 0.15   # absolute, on val_f1_overall after the last epoch
 

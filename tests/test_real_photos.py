@@ -1,0 +1,102 @@
+"""Real photos end to end: FASSEG's own 6 classes kept from prepare through training, predict and evaluate
+(tests/data/fasseg-sample: 12 photos), and a model that refuses data of other classes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from conftest import tiny_config
+from faceseg.cli import main
+from faceseg.data.cache import Cache
+
+SAMPLE = Path(__file__).parent / "data" / "fasseg-sample"
+FASSEG = ["background", "skin", "hair", "eyes", "nose", "mouth"]
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """prepare keeps FASSEG's classes; a one-worker run trains on the 12 photos."""
+    folder = tmp_path_factory.mktemp("fasseg")
+    assert main(["prepare", str(SAMPLE), "--out", str(folder / "cache"), "--size", str(SIZE)]) == 0
+    config = tiny_config(folder / "cache", epochs=15, augment="flip")
+    config["model"]["batch_norm_momentum"] = 0.9
+    config["scaling"]["num_workers"] = 1
+    (folder / "photos.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", "--config", str(folder / "photos.yaml"), "--local", "--output", str(folder / "run")]) == 0
+    assert main(["predict", "--model", str(folder / "run"), "--input", str(SAMPLE), "--output",
+                 str(folder / "pred"), "--overlay"]) == 0
+    return folder
+
+
+def _truth_and_prediction(photos: Path) -> tuple[np.ndarray, np.ndarray]:
+    truth, pred = [], []
+    for label in sorted((SAMPLE / "labels").glob("*.png")):
+        truth.append(cv2.imread(str(label), cv2.IMREAD_UNCHANGED).ravel())
+        pred.append(cv2.imread(str(photos / "pred" / label.name), cv2.IMREAD_UNCHANGED).ravel())
+        assert pred[-1].shape == truth[-1].shape                  # at the label map's own size
+    return np.concatenate(truth), np.concatenate(pred)
+
+
+def test_prepare_keeps_the_six_classes(photos):
+    cache = Cache.open(photos / "cache")
+    assert list(cache.taxonomy.names) == FASSEG
+    manifest = json.loads((photos / "cache" / "manifest.json").read_text())
+    assert manifest["label_names"] == FASSEG and manifest["flip_pairs"] == []
+    model_record = json.loads((photos / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_f1_mean" in model_record and "val_f1_overall" not in model_record   # not Helen's groups
+
+
+def test_predictions_are_six_class_ids_and_learnt_something(photos):
+    truth, pred = _truth_and_prediction(photos)
+    assert set(np.unique(pred)) <= set(range(6))
+    accuracy = float((truth == pred).mean())
+    majority = float(np.bincount(truth, minlength=6).max() / truth.size)
+    assert accuracy > majority + 0.1, (accuracy, majority)        # well above "everything is background"
+    assert len(set(np.unique(pred))) >= 4                         # face parts, not two blobs
+
+
+def test_report_per_class_figures_equal_a_hand_computation(photos, tmp_path):
+    truth, pred = _truth_and_prediction(photos)
+    report = json.loads((photos / "pred" / "report.json").read_text())
+    for k, name in enumerate(FASSEG):
+        tp = np.sum((truth == k) & (pred == k))
+        fp, fn = np.sum((truth != k) & (pred == k)), np.sum((truth == k) & (pred != k))
+        assert report["f1"][name] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+        assert report["iou"][name] == pytest.approx(tp / (tp + fp + fn))
+    assert report["mean_f1"] == pytest.approx(np.mean([report["f1"][n] for n in FASSEG[1:]]))
+    assert report["pixel_accuracy"] == pytest.approx(float((truth == pred).mean()))
+    assert main(["evaluate", str(SAMPLE), str(photos / "pred"), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["f1"] == report["f1"]
+
+
+def test_overlay_has_a_legend_of_the_six_names(photos):
+    overlay = cv2.imread(str(photos / "pred" / "overlays" / "frontal_train_1.png"))
+    plain = cv2.imread(str(SAMPLE / "images" / "frontal_train_1.jpg"))
+    assert overlay is not None and overlay.shape[1] > plain.shape[1]   # image | prediction | truth, legend below
+
+
+def test_model_refuses_data_of_other_classes(photos, synth_dir, cache_dir, tmp_path, capsys):
+    run = photos / "run"
+    # predict on Helen-labelled data: eyes/brows/lips have no FASSEG counterpart by name
+    assert main(["predict", "--model", str(run), "--input", str(synth_dir / "test"),
+                 "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "classes" in err and str(synth_dir / "test") in err
+    assert not (tmp_path / "p").exists()
+    # evaluate FASSEG predictions against Helen ground truth
+    assert main(["evaluate", str(synth_dir / "test"), str(photos / "pred")]) == 2
+    assert "classes" in capsys.readouterr().err
+    # resume the 6-class run on an 11-class cache, all else equal
+    config = yaml.safe_load((photos / "photos.yaml").read_text())
+    config["data"]["cache"], config["train"]["epochs"] = str(cache_dir), 16
+    (tmp_path / "helen.yaml").write_text(yaml.safe_dump(config))
+    before = (run / "metrics.jsonl").read_text()
+    assert main(["train", "--config", str(tmp_path / "helen.yaml"), "--local", "--resume", str(run)]) == 2
+    assert "data.cache" in capsys.readouterr().err
+    assert (run / "metrics.jsonl").read_text() == before
