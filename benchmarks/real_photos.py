@@ -1,0 +1,159 @@
+"""faceseg on real photos: FASSEG, held out by person, with the shipped recipe (configs/real-photos.yaml).
+
+    python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 5]
+
+FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
+five folds, each holding out a fifth of the people (frontal photos are one person each; `pose_personneNN*`
+are person NN in both of their series). Each fold trains on the other people (with one more person's photos
+as the validation split that picks the best epoch), then `faceseg predict` scores the held-out people at
+their label maps' own resolution. The report sums every fold's confusion matrix (docs/metrics.md) and
+keeps each fold's figures; a few held-out overlays go to docs/images/.
+
+`--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
+Writes benchmarks/results/real_photos.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def person_of(name: str) -> str:
+    match = re.match(r"pose_personne(\d\d)", name)
+    return f"pose{match.group(1)}" if match else name          # a frontal photo is its own person
+
+
+def folds(names: list[str], count: int) -> list[list[str]]:
+    """People in `count` groups of about equal image counts, deterministically (largest first)."""
+    people: dict[str, list[str]] = {}
+    for name in sorted(names):
+        people.setdefault(person_of(name), []).append(name)
+    groups: list[list[str]] = [[] for _ in range(count)]
+    for person in sorted(people, key=lambda p: (-len(people[p]), p)):
+        smallest = min(range(count), key=lambda g: (sum(len(people[p]) for p in groups[g]), g))
+        groups[smallest].append(person)
+    return [sorted(n for p in group for n in people[p]) for group in groups]
+
+
+def write_fold(data: Path, out: Path, test: list[str], val: list[str], train: list[str]) -> Path:
+    """A lapa-layout folder of symlinks: train/ val/ test/ with images/ and labels/, and the class names."""
+    shutil.rmtree(out, ignore_errors=True)
+    for split, names in (("train", train), ("val", val), ("test", test)):
+        for sub, suffix in (("images", ".jpg"), ("labels", ".png")):
+            (out / split / sub).mkdir(parents=True)
+            for name in names:
+                os.symlink(data / sub / f"{name}{suffix}", out / split / sub / f"{name}{suffix}")
+    shutil.copy(data / "label_names.txt", out / "label_names.txt")
+    return out
+
+
+def split_fold(groups: list[list[str]], k: int) -> tuple[list[str], list[str], list[str]]:
+    """(test, val, train) of fold k: the k-th group is held out; one person of the others validates."""
+    test = groups[k]
+    rest = sorted(n for g, names in enumerate(groups) if g != k for n in names)
+    pose_people = sorted({person_of(n) for n in rest if n.startswith("pose_")})
+    val_person = pose_people[k % len(pose_people)]
+    val = [n for n in rest if person_of(n) == val_person]
+    val += [n for n in rest if n.startswith("frontal")][-2:]          # and two frontal people
+    train = [n for n in rest if n not in val]
+    return test, val, train
+
+
+def faceseg(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "faceseg", *args], capture_output=True, text=True)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"faceseg {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="the FASSEG folder: images/ labels/ label_names.txt")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "real-photos.yaml"))
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-fold", type=int, help="run this fold alone")
+    parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "real-photos"))
+    parser.add_argument("--overlays", type=int, default=4, help="held-out overlays copied to docs/images/")
+    args = parser.parse_args()
+    data, work = Path(args.data).resolve(), Path(args.work)
+    names = sorted(p.stem for p in (data / "images").glob("*.jpg"))
+    groups = folds(names, args.folds)
+    if args.sweep_fold is not None:
+        test, val, train = split_fold(groups, args.sweep_fold)
+        out = write_fold(data, work / f"fold{args.sweep_fold}", test, val, train)
+        print(f"fold {args.sweep_fold}: {len(train)} train / {len(val)} val / {len(test)} held-out photos -> {out}")
+        return 0
+
+    from faceseg.labels import Taxonomy
+    from faceseg.metrics import ConfusionMatrix, format_report
+
+    taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
+    total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "folds": []}
+    started = time.time()
+    for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
+        test, val, train = split_fold(groups, k)
+        fold = write_fold(data, work / f"fold{k}", test, val, train)
+        run, pred = work / f"run{k}", work / f"pred{k}"
+        shutil.rmtree(pred, ignore_errors=True)
+        fold_start = time.time()
+        faceseg("train", "--config", args.config, "--data", str(fold), "--output", str(run), "--overwrite", "--local")
+        train_seconds = time.time() - fold_start
+        faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
+        scored = json.loads((pred / "report.json").read_text())
+        from faceseg.data.layouts import discover
+        from faceseg.data.decode import read_label
+        from faceseg.labels import build_remap
+        from faceseg.metrics.evaluate import read_prediction
+        from faceseg.storage import Location
+
+        source = discover(fold / "test")
+        remap = build_remap(source.taxonomy)
+        for sample in source.samples:
+            total.add(read_label(sample, remap), read_prediction(Location.of(pred) / sample.prediction_name))
+        people = sorted({person_of(n) for n in test})
+        report["folds"].append({"fold": k, "held_out_people": people, "train": len(train), "val": len(val),
+                                "test": len(test), "train_seconds": train_seconds,
+                                "pixel_accuracy": scored["pixel_accuracy"], "mean_f1": scored["mean_f1"],
+                                "f1": scored["f1"]})
+        print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
+              f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
+              f"(trained in {train_seconds / 60:.1f} min)", flush=True)
+        if k == 0:
+            shown = ROOT / "docs" / "images"
+            shown.mkdir(parents=True, exist_ok=True)
+            picks = [n for n in test if n.startswith("frontal")][:2] + [n for n in test if n.startswith("pose")][::13]
+            for name in picks[:args.overlays]:
+                shutil.copy(pred / "overlays" / f"{name}.png", shown / f"fasseg-heldout-{name}.png")
+    report["all"] = total.report()
+    report["seconds"] = time.time() - started
+    summary = format_report(report["all"])
+    print(summary)
+    if args.only_fold is None:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "real_photos.json").write_text(json.dumps(report, indent=1))
+        lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds held out by person)", "",
+                 f"Config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}`;"
+                 f" {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this machine.", "",
+                 "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
+                 "| fold | held-out people | photos | pixel accuracy | mean F1 | train min |", "|---|---|---|---|---|---|"]
+        lines += [f"| {f['fold']} | {len(f['held_out_people'])} | {f['test']} | {100 * f['pixel_accuracy']:.2f} | "
+                  f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} |" for f in report["folds"]]
+        (RESULTS / "real_photos.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
