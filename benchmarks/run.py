@@ -25,11 +25,19 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 GOALS = {"prepare_vs_pool": (">=", 0.8), "prepare_vs_single": (">=", 1.6), "train_vs_inmemory": (">=", 0.9),
-         "memory_8000_vs_2000": ("<=", 1.3), "predict_vs_model_predict": (">=", 0.8)}
+         "memory_8000_vs_2000": ("<=", 1.3), "predict_vs_model_predict": (">=", 0.8),
+         "ingest_256px_flip_vs_goal": (">=", 1.0), "serve_c32_vs_inprocess": (">=", 0.7)}
+INGEST_GOAL = 4000          # images/s at 256 px per worker on one CPU core: what one H200 trains (gpu.md)
+# Measured on one NVIDIA H200 (PyTorch, bf16, channels-last), faceseg's default U-Net topology at 256 px,
+# batch 64 (benchmarks/results/gpu.md): what the CPU side must keep up with.
+H200_256PX = {"train_images_per_s": 2606, "train_compiled_images_per_s": 4058, "inference_images_per_s": 8374,
+              "inference_compiled_images_per_s": 13112}
 SIZES = {  # (quick, full)
     "prepare_images": (400, 2000), "prepare_source_px": (512, 512), "prepare_runs": (3, 3),
     "train_images": (320, 400), "train_epochs": (3, 4), "train_px": ((128,), (128, 256)), "train_pair_runs": (1, 3),
     "memory_images": ((500, 2000), (2000, 8000)), "predict_images": (100, 400), "predict_runs": (3, 3),
+    "ingest_images": (512, 1024), "ingest_epochs": (4, 5), "ingest_px": ((256,), (128, 256)),
+    "stage_images": (40, 100), "serve_requests": (64, 256), "serve_seconds": (60, 180),
 }
 
 
@@ -116,8 +124,8 @@ def inmemory_fit(cache: Path, epochs: int, px: int) -> float:
     arrays = split_cache.arrays("train")
     images, masks = arrays["image"], arrays["mask"]               # (N, S, S, 3), (N, S, S) uint8
     config = Config.from_dict(_train_config(cache, epochs, 1, px))
-    frequency = list(split_cache.manifest["class_pixel_frequency"].values())
-    model = build_unet(config.model, px)
+    frequency = split_cache.class_frequency
+    model = build_unet(config.model, px, split_cache.taxonomy.num_classes)
     model.compile(keras.optimizers.Adam(config.train.learning_rate),
                   make_loss(config.train.loss, class_weights(frequency, config.train.class_weights)))
     times = []
@@ -273,7 +281,7 @@ def bench_predict(work: Path, quick: bool) -> dict:
     if not data.exists():
         write_synthetic_dataset(data, train=0, test=n, size=256, seed=4)
     model_path = work / "predict-model.keras"
-    model = build_unet(ModelConfig(depth=4, base_filters=16), 256)
+    model = build_unet(ModelConfig(depth=4, base_filters=16), 256, 11)
     model.save(str(model_path), save_format="keras_v3")
     files = sorted((data / "test").glob("*_image.jpg"))
     tensors = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files])
@@ -297,6 +305,233 @@ def bench_predict(work: Path, quick: bool) -> dict:
             "faceseg_images_per_s": steady, "faceseg_whole_call_images_per_s": whole,
             "ratios": {"predict_vs_model_predict": steady / baseline},
             "whole_call_ratio": whole / baseline}
+
+
+# --- 5. ingest: the train dataset without the model, per worker on one core ------------------------------------
+
+def _pin_process_to(core: int) -> None:
+    """Every thread of this process (and any it starts later) on one CPU core."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), {core})
+        except OSError:
+            pass
+
+
+def _ingest_loop(loop: dict) -> None:
+    """In a Ray Train worker: build the train dataset exactly as the train loop does and iterate it."""
+    import ray.train
+
+    from faceseg.labels import Taxonomy
+    from faceseg.runtime import keep_freed_memory
+    from faceseg.train.loop import make_train_dataset
+
+    _pin_process_to(0)
+    keep_freed_memory()                      # as train_loop does
+    dataset = make_train_dataset(ray.train.get_dataset_shard("train"), loop["batch"], loop["augment"],
+                                 Taxonomy(tuple(loop["classes"])).flip_lut, seed=0,
+                                 in_memory_rows=loop["rows"] if loop["held"] else None, size=loop["px"])
+    rates = []
+    for _ in range(loop["epochs"]):
+        start, images = time.perf_counter(), 0
+        for batch, _ in dataset:
+            images += int(batch.shape[0])
+        rates.append(images / (time.perf_counter() - start))
+    Path(loop["out"]).write_text(json.dumps(rates))
+
+
+def _ingest_rate(cache: Path, augment: str, held: bool, epochs: int, out: Path) -> float:
+    import ray.train
+    from ray.train.tensorflow import TensorflowTrainer
+
+    from faceseg.data.cache import Cache
+    from faceseg.runtime import TRAIN_WORKER_ENV
+
+    split = Cache.open(cache)
+    trainer = TensorflowTrainer(
+        _ingest_loop,
+        train_loop_config={"batch": 64, "augment": augment, "held": held, "rows": split.count("train"), "px": split.size,
+                           "epochs": epochs, "classes": list(split.taxonomy.names), "out": str(out)},
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        datasets={"train": split.dataset("train")}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        run_config=ray.train.RunConfig(storage_path=str(out.parent / "ray"), name=out.stem,
+                                       worker_runtime_env={"env_vars": TRAIN_WORKER_ENV}))
+    trainer.fit()
+    rates = json.loads(out.read_text())
+    return float(np.median(rates[1:]))       # steady state: epoch 1 reads the files (and fills a held cache)
+
+
+def bench_ingest(work: Path, quick: bool) -> dict:
+    """Images/s of the train dataset as a worker builds it, iterated without the model, the worker pinned
+    to one core: held in memory (after the first epoch) and streamed from Parquet every epoch, for each
+    augmentation level on the CPU. With train.augment_on: device (GPU runs) the CPU side is "none"."""
+    from faceseg.data.prepare import find_source, prepare_cache
+    from faceseg.data.synth import write_synthetic_dataset
+
+    n, epochs = SIZES["ingest_images"][not quick], SIZES["ingest_epochs"][not quick]
+    data = work / f"ingest{n}"
+    if not data.exists():
+        write_synthetic_dataset(data, train=n, test=0, size=256, seed=5)
+    result = {"images": n, "batch": 64, "epochs": epochs, "core": "the worker process pinned to core 0",
+              "goal_images_per_s": INGEST_GOAL}
+    for px in SIZES["ingest_px"][not quick]:
+        cache = work / f"cache-ingest{n}-{px}"
+        if not cache.exists():
+            prepare_cache(find_source(str(data)), cache, px)
+        for held in (True, False):
+            for augment in ("none", "flip", "geometric", "full"):
+                key = f"{'held' if held else 'streamed'}_{px}px_{augment}"
+                result[key] = _ingest_rate(cache, augment, held, epochs, work / f"ingest-{key}.json")
+                print(f"  ingest {key}: {result[key]:.0f} images/s", flush=True)
+    best_flip = max(result.get("held_256px_flip", 0), result.get("streamed_256px_flip", 0))
+    result["ratios"] = {"ingest_256px_flip_vs_goal": best_flip / INGEST_GOAL}
+    return result
+
+
+# --- 6. prediction's CPU stages per core ----------------------------------------------------------------------
+
+def _per_image_seconds(fn, items, repeat: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for item in items:
+            fn(item)
+        best = min(best, (time.perf_counter() - start) / len(items))
+    return best
+
+
+def bench_predict_stages(work: Path, quick: bool) -> dict:
+    """What `faceseg predict` does per image on the CPU, one thread: decode + resize to the 256-px grid,
+    PNG-encode the label map at the original size; and the resize + argmax of 11-channel probabilities
+    that used to run on the CPU (now in the model's graph, on the accelerator). "Cores per H200" divides
+    the H200's measured inference rate at 256 px by one core's rate for the CPU stages."""
+    import tensorflow as tf
+
+    from faceseg.data.decode import decode_image, encode_png, resize_image
+    from faceseg.data.synth import render_face
+    from faceseg.parser import resize_argmax_band
+
+    cv2.setNumThreads(1)
+    n = SIZES["stage_images"][not quick]
+    rng = np.random.default_rng(6)
+    result = {"images": n, "grid_px": 256, "classes": 11, "threads": 1, "h200_256px": H200_256PX}
+    for original in (512, 1024):
+        faces = [render_face(rng, original) for _ in range(n)]
+        jpegs = [np.frombuffer(cv2.imencode(".jpg", cv2.cvtColor(f[0], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])[1], np.uint8)
+                 for f in faces]
+        labels = [f[1] for f in faces]
+        probs = [rng.random((256, 256, 11), dtype=np.float32) for _ in range(min(n, 20))]
+        decode = _per_image_seconds(lambda data: resize_image(decode_image(data, "x", 256)[0], 256), jpegs)
+        encode = _per_image_seconds(lambda label: encode_png("x", label), labels)
+        old_resize = _per_image_seconds(
+            lambda p: np.argmax(cv2.resize(p, (original, original), interpolation=cv2.INTER_LINEAR), axis=-1).astype(np.uint8), probs)
+        band = tf.function(lambda p: resize_argmax_band(tf, p, original, original, 0, original))
+        band(tf.constant(probs[0]))
+        graph_resize = _per_image_seconds(lambda p: band(tf.constant(p)).numpy(), probs)
+        cpu_seconds = decode + encode
+        result[f"{original}px"] = {
+            "decode_resize_ms": 1000 * decode, "png_encode_ms": 1000 * encode,
+            "cpu_stages_images_per_s_per_core": 1 / cpu_seconds,
+            "old_cpu_resize_argmax_ms": 1000 * old_resize, "graph_resize_argmax_on_this_cpu_ms": 1000 * graph_resize,
+            "cores_per_h200": H200_256PX["inference_images_per_s"] * cpu_seconds,
+            "cores_per_h200_compiled": H200_256PX["inference_compiled_images_per_s"] * cpu_seconds,
+            "cores_per_h200_with_old_cpu_resize": H200_256PX["inference_images_per_s"] * (cpu_seconds + old_resize)}
+        print(f"  stages {original}px: {result[f'{original}px']}", flush=True)
+    result["ratios"] = {}
+    return result
+
+
+# --- 7. serving: HTTP + Ray Serve against FaceParser in-process ----------------------------------------------
+
+def _load(url: str, bodies: list[bytes], concurrency: int, requests_total: int, cap_seconds: float) -> dict:
+    """A bounded load generator: `concurrency` keep-alive clients, `requests_total` requests or `cap_seconds`."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    latencies, errors, lock = [], [0], threading.Lock()
+    issued = iter(range(requests_total))
+    deadline = time.perf_counter() + cap_seconds
+
+    def client():
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        for i in issued:
+            if time.perf_counter() > deadline:
+                break
+            start = time.perf_counter()
+            try:
+                connection.request("POST", "/parse", body=bodies[i % len(bodies)], headers={"Content-Type": "image/jpeg"})
+                reply = connection.getresponse()
+                reply.read()
+                ok = reply.status == 200
+            except OSError:
+                ok = False
+                connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+            with lock:
+                (latencies.append(time.perf_counter() - start) if ok else None)
+                errors[0] += not ok
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    return {"requests": len(latencies) + errors[0], "errors": errors[0], "requests_per_s": len(latencies) / seconds,
+            "p50_ms": 1000 * float(np.percentile(latencies, 50)) if latencies else None,
+            "p99_ms": 1000 * float(np.percentile(latencies, 99)) if latencies else None}
+
+
+def bench_serve(work: Path, quick: bool) -> dict:
+    """Requests/s and latency of `faceseg serve` (1 replica, Serve batches of up to 8) at concurrency 1, 8
+    and 32, against FaceParser called in-process on the same encoded images in batches of 8."""
+    import socket
+
+    from ray import serve as ray_serve
+
+    from faceseg.config import ModelConfig
+    from faceseg.data.synth import render_face
+    from faceseg.model.unet import build_unet
+    from faceseg.parser import FaceParser
+    from faceseg.serve.app import serve
+
+    model_path = work / "serve-model.keras"
+    build_unet(ModelConfig(depth=4, base_filters=16), 256, 11).save(str(model_path), save_format="keras_v3")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = serve(str(model_path), port=port, max_batch_size=8, block=False)
+    total, cap = SIZES["serve_requests"][not quick], SIZES["serve_seconds"][not quick]
+    rng = np.random.default_rng(7)
+    parser = FaceParser.load(model_path)
+    result = {"replicas": 1, "max_batch_size": 8, "model_px": 256, "requests_per_level": total, "cap_seconds": cap}
+    ratios = []
+    try:
+        for px in (128, 512):
+            bodies = [cv2.imencode(".jpg", cv2.cvtColor(render_face(rng, px)[0], cv2.COLOR_RGB2BGR))[1].tobytes()
+                      for _ in range(32)]
+            _load(url, bodies, 8, 16, 60)                                   # warm: replica traced, proxy up
+            parser.batch(bodies[:8])
+            start = time.perf_counter()
+            done = 0
+            while done < total:
+                chunk = [bodies[(done + i) % len(bodies)] for i in range(8)]
+                parser.batch(chunk)
+                done += 8
+            inprocess = done / (time.perf_counter() - start)
+            result[f"{px}px_inprocess_images_per_s"] = inprocess
+            for concurrency in (1, 8, 32):
+                figures = _load(url, bodies, concurrency, total, cap)
+                result[f"{px}px_c{concurrency}"] = figures
+                print(f"  serve {px}px c{concurrency}: {figures}", flush=True)
+            ratios.append(result[f"{px}px_c32"]["requests_per_s"] / inprocess)
+            result[f"{px}px_c32_vs_inprocess"] = ratios[-1]
+    finally:
+        ray_serve.shutdown()
+    result["ratios"] = {"serve_c32_vs_inprocess": min(ratios)}
+    return result
 
 
 # --- report ---------------------------------------------------------------------------------------------------
@@ -330,16 +565,18 @@ def markdown(report: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=["prepare", "train", "memory", "predict"])
+    parser.add_argument("--only", nargs="*", choices=["prepare", "train", "memory", "predict", "ingest", "stages",
+                                                      "serve"])
     parser.add_argument("--work", default=str(ROOT / "work"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    from faceseg.runtime import init_ray
+    from faceseg.runtime import Needs, connect
 
-    init_ray(reserved_cpus=2)
-    benches = {"prepare": bench_prepare, "train": bench_train, "memory": bench_memory, "predict": bench_predict}
+    connect(needs=Needs(cpus=2))
+    benches = {"prepare": bench_prepare, "train": bench_train, "memory": bench_memory, "predict": bench_predict,
+               "ingest": bench_ingest, "stages": bench_predict_stages, "serve": bench_serve}
     results = ROOT / "results"
     results.mkdir(exist_ok=True)
     mode = "quick" if args.quick else "full"

@@ -33,6 +33,26 @@ CONNECT_TIMEOUT_S = float(os.environ.get("FACESEG_CONNECT_TIMEOUT_S", 30))
 DATA_CPUS = 1.0         # what Ray Data's read and decode tasks need free beside the workers
 
 
+# glibc returns a freed block of 128 KiB or more to the kernel at once (mmap/munmap, and the threshold only
+# grows to the largest block freed so far); TensorFlow allocates fresh multi-MiB tensors for every batch
+# and step, so each one is page-faulted in again: half of an input pipeline's time went to the kernel
+# (benchmarks/results/design.md). Blocks up to 32 MiB (glibc's ceiling) from the heap, and up to 512 MiB of
+# freed heap kept for reuse, stop that. Only the processes that run a model ask for it.
+MALLOC_OPTIONS = {-3: 32 << 20, -1: 512 << 20, -2: 64 << 20}    # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
+
+
+def keep_freed_memory() -> bool:
+    """Tune this process's glibc malloc (MALLOC_OPTIONS) to reuse big freed blocks; False where it is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all(libc.mallopt(option, value) == 1 for option, value in MALLOC_OPTIONS.items())
+    except (OSError, AttributeError):
+        return False
+
+
 class ClusterTooSmall(ValueError):
     pass
 

@@ -1,7 +1,7 @@
 import numpy as np
 import tensorflow as tf
 
-from faceseg.data.augment import augment_batch
+from faceseg.data.augment import augment_batch, flip_batch
 from faceseg.data.synth import render_face, write_synthetic_dataset
 from faceseg.labels import HELEN, HELEN_NAMES as LABEL_NAMES, read_label_names
 
@@ -58,6 +58,21 @@ def test_flip_twice_is_identity_and_swaps_left_right():
         same = (out_masks[i].numpy() == masks[i].numpy()).all()
         mirrored = (out_masks[i].numpy() == mirror[i]).all()
         assert same or mirrored
+
+
+def test_cpu_flip_mirrors_about_half_and_swaps_left_right_like_the_tensorflow_one():
+    images, masks = (t.numpy() for t in _batch(n=32))
+    mirror_images = images[:, :, ::-1]
+    mirror_masks = FLIP_LUT[masks[:, :, ::-1]]
+    out_images, out_masks = flip_batch(images.copy(), masks.copy(), FLIP_LUT, np.random.default_rng(0))
+    mirrored = [(out_images[i] == mirror_images[i]).all() and (out_masks[i] == mirror_masks[i]).all()
+                for i in range(32)]
+    same = [(out_images[i] == images[i]).all() and (out_masks[i] == masks[i]).all() for i in range(32)]
+    assert all(m or s for m, s in zip(mirrored, same)) and 8 <= sum(mirrored) <= 24
+    fasseg_lut = np.arange(6, dtype=np.uint8)                     # no pairs: mirrored, nothing swapped
+    out_images, out_masks = flip_batch(images.copy(), np.minimum(masks, 5), fasseg_lut, np.random.default_rng(1))
+    flipped = [i for i in range(32) if not (out_images[i] == images[i]).all()]
+    assert flipped and all((out_masks[i] == np.minimum(masks, 5)[i][:, ::-1]).all() for i in flipped)
 
 
 def test_geometric_and_full_keep_valid_ids_without_interpolation():

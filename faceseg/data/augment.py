@@ -2,7 +2,9 @@
 
 Why there: it is cheap next to the U-Net step, runs on the worker's own CPU threads in parallel with
 the model (tf.data prefetch), and keeps the Parquet cache and Ray Data stages augmentation-free, so
-validation and prediction see exactly the stored pixels.
+validation and prediction see exactly the stored pixels. The flip has a NumPy/OpenCV twin, `flip_batch`,
+for the input side on a CPU, where TensorFlow's reverse/where/gather cost ten times more
+(benchmarks/results/design.md); inside a train step on a GPU the TensorFlow ops run.
 
 Levels: none < flip < geometric (flip + scale/rotate/translate) < full (geometric + photometric).
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import tensorflow as tf
 
 LEVELS = ("none", "flip", "geometric", "full")
@@ -22,6 +26,18 @@ def _flip(images, masks, flip_lut, gen: tf.random.Generator):
     flipped_masks = tf.gather(tf.constant(flip_lut), tf.cast(tf.reverse(masks, axis=[2]), tf.int32))
     images = tf.where(do[:, None, None, None], tf.reverse(images, axis=[2]), images)
     masks = tf.where(do[:, None, None], flipped_masks, masks)
+    return images, masks
+
+
+def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, rng: np.random.Generator):
+    """What `_flip` does, in place on writable NumPy batches: mirror each image with probability 1/2, its
+    label map mirrored too and left/right classes swapped. Returns (images, masks)."""
+    lut = np.zeros(256, np.uint8)                 # cv2.LUT maps all 256 byte values
+    lut[:len(flip_lut)] = flip_lut
+    swaps = not np.array_equal(flip_lut, np.arange(len(flip_lut)))
+    for i in np.flatnonzero(rng.random(len(images)) < 0.5):
+        images[i] = cv2.flip(images[i], 1)
+        masks[i] = cv2.LUT(cv2.flip(masks[i], 1), lut) if swaps else cv2.flip(masks[i], 1)
     return images, masks
 
 
@@ -69,15 +85,17 @@ def _photometric(images, gen: tf.random.Generator):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator):
+def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True):
     """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
 
-    `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut)."""
+    `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut). `flip=False`: the
+    batch was flipped already (flip_batch), only the warps and colours of the level remain."""
     if level not in LEVELS:
         raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
     if level == "none":
         return images, masks
-    images, masks = _flip(images, masks, flip_lut, gen)
+    if flip:
+        images, masks = _flip(images, masks, flip_lut, gen)
     if level in ("geometric", "full"):
         x, masks = _affine(tf.cast(images, tf.float32), masks, gen)
         if level == "full":

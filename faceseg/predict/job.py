@@ -26,7 +26,7 @@ from faceseg.labels import Remap, Taxonomy, build_remap
 from faceseg.metrics import ConfusionMatrix, format_report
 from faceseg.metrics.evaluate import read_prediction, write_report
 from faceseg.model.saved import ModelInfo, inspect_model
-from faceseg.runtime import Needs, connect
+from faceseg.runtime import Needs, connect, keep_freed_memory
 from faceseg.storage import Location
 
 OVERLAYS = "overlays"
@@ -178,6 +178,7 @@ class Predictor:
     def __init__(self, model: str, sha256: str):
         from faceseg.parser import FaceParser
 
+        keep_freed_memory()
         info = inspect_model(model)
         if info.sha256 != sha256:
             raise ValueError(f"{model} changed while the job ran (SHA-256 {info.sha256}, checked {sha256})")

@@ -38,7 +38,9 @@ def _service_class():
     class FaceParsingService:
         def __init__(self, model: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01):
             from faceseg.parser import FaceParser
+            from faceseg.runtime import keep_freed_memory
 
+            keep_freed_memory()
             self.parser = FaceParser.load(model)
             self.model = str(self.parser.info.location)
             self.metrics = self.parser.info.meta.get("metrics", {})

@@ -1,7 +1,7 @@
 """The one training loop, run by every Ray Train worker and by `--local` alike.
 
-    shard --to_tf--> [augment] --> model.fit (one epoch at a time, under the strategy)   [augment in the
-                                     | on_epoch_end                                      train step on a GPU]
+    shard --ShardBatches--> [augment] --> model.fit (under the strategy)   [augment in the train step
+                                            | on_epoch_end                  on a GPU]
                                      v
             validate on the WHOLE val split -> checkpoint -> session.report -> table row
 """
@@ -18,19 +18,20 @@ import tensorflow as tf
 import tf_keras as keras
 
 from faceseg.config import Config, TrainConfig
-from faceseg.data.augment import augment_batch
+from faceseg.data.augment import augment_batch, flip_batch
 from faceseg.labels import Taxonomy
 from faceseg.metrics import ConfusionMatrix, validation_metrics
 from faceseg.model.losses import class_weights, make_loss
 from faceseg.model.saved import MODEL_FILE, add_metadata
 from faceseg.model.unet import build_unet
+from faceseg.runtime import keep_freed_memory
 from faceseg.storage import Location
 from faceseg.train.checkpoint import (HISTORY_FILE, STATE_DIR, candidates, checkpoint_name, history_text,
                                       read_history_text, restore_newest_whole, seal)
 from faceseg.train.progress import EpochProgressBar
 from faceseg.train.session import write_error
 
-READ_ROWS = 64   # rows per hand-over from Ray Data to tf.data
+READ_ROWS = 64   # rows per Ray Data batch while a held shard is read
 TABLE = (("epoch", "epoch", "d"), ("loss", "loss", ".4f"), ("val_loss", "val_loss", ".4f"),
          ("val_acc", "val_pixel_accuracy", ".4f"), ("val_mIoU", "val_mean_iou", ".4f"))
 
@@ -50,28 +51,62 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(lr)
 
 
+class ShardBatches:
+    """One worker's shard as NumPy batches, for tf.data.Dataset.from_generator: one Python call per batch.
+
+    Held (`hold`): the first epoch reads the shard once into this worker's memory; every epoch, that first
+    one included, then deals it out in a new random order, one gather per batch (as model.fit does with
+    arrays): no Ray Data execution and no per-row tf.data ops after the first read. Streamed: every epoch
+    runs the shard's Ray Data pipeline again, through Ray Data's local shuffle buffer. With `flip`, each
+    batch is flipped here with OpenCV (flip_batch), the cheapest place on a CPU.
+    """
+
+    def __init__(self, shard, batch_size: int, flip: bool, flip_lut: np.ndarray, seed: int, hold: bool):
+        self.shard, self.batch_size, self.flip, self.flip_lut = shard, batch_size, flip, flip_lut
+        self.seed, self.hold, self.epoch, self.held = seed, hold, 0, None
+
+    def __call__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        if self.hold:
+            yield from self._held(rng)
+            return
+        for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
+                                             local_shuffle_buffer_size=4 * self.batch_size,
+                                             local_shuffle_seed=int(rng.integers(2**31))):
+            yield self._finish(np.array(batch["image"]), np.array(batch["mask"]), rng)   # writable copies
+
+    def _held(self, rng):
+        if self.held is None:
+            chunks = list(self.shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"))
+            self.held = (np.concatenate([chunk["image"] for chunk in chunks]),
+                         np.concatenate([chunk["mask"] for chunk in chunks]))
+        images, masks = self.held
+        order = rng.permutation(len(images))
+        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            rows = order[start:start + self.batch_size]
+            yield self._finish(images[rows], masks[rows], rng)          # fancy indexing copies
+
+    def _finish(self, images, masks, rng):
+        return flip_batch(images, masks, self.flip_lut, rng) if self.flip else (images, masks)
+
+
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
-                       in_memory_rows: int | None = None) -> tf.data.Dataset:
+                       in_memory_rows: int | None = None, size: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
-    `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). Ray Data
-    hands over READ_ROWS rows per Python call and tf.data shuffles and batches them in C++, outside the
-    GIL that the training thread needs.
-
-    With `in_memory_rows` (the shard's size) the first epoch keeps the shard's rows in this worker's
-    memory and later epochs replay them, reshuffled whole, as model.fit does with arrays: no Ray Data
-    execution per epoch. Without, the shard streams every epoch through a small shuffle buffer.
-    `augment` is what runs here, on the worker's CPU ("none" when the train step augments on the device).
+    `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With
+    `in_memory_rows` the shard is held in the worker's memory after one read (ShardBatches); without, it
+    streams from Parquet every epoch. `augment` is what runs here, on the worker's CPU ("none" when the
+    train step augments on the device): the flip in ShardBatches, then the warps and colours of
+    `geometric`/`full` as batched TensorFlow ops.
     """
-    rows = shard.to_tf("image", "mask", batch_size=READ_ROWS).unbatch()     # (S, S, 3), (S, S) uint8
-    if in_memory_rows:
-        rows = rows.cache().shuffle(in_memory_rows, seed=seed)
-    else:
-        rows = rows.shuffle(4 * batch_size, seed=seed)
-    dataset = rows.batch(batch_size, drop_remainder=True)
-    if augment != "none":
+    batches = ShardBatches(shard, batch_size, augment != "none", flip_lut, seed, hold=bool(in_memory_rows))
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
+        tf.TensorSpec((batch_size, size, size, 3), tf.uint8), tf.TensorSpec((batch_size, size, size), tf.uint8)))
+    if augment in ("geometric", "full"):
         generator = tf.random.Generator.from_seed(seed)
-        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator))
+        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False))
     options = tf.data.Options()
     # Ray Data already gave each worker its own equal shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -218,6 +253,7 @@ def train_loop(loop_config: dict, session) -> None:
                   "class_frequency": train pixel share per class, "classes": class names, "size": px,
                   "metric": what picks the best epoch, "augment_on_device": augment in the train step}.
     """
+    keep_freed_memory()
     config = Config.from_dict(loop_config["config"])
     run = Location.of(loop_config["run"])
     taxonomy = Taxonomy(tuple(loop_config["classes"]))
@@ -269,7 +305,7 @@ def train_loop(loop_config: dict, session) -> None:
     epoch_seed = seed + 7919 * len(history)
     train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
                                     taxonomy.flip_lut, epoch_seed,
-                                    shard_rows if loop_config["train_in_memory"] else None)
+                                    shard_rows if loop_config["train_in_memory"] else None, loop_config["size"])
     tensorboard = None
     if session.is_chief:
         tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
