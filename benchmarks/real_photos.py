@@ -10,7 +10,9 @@ their label maps' own resolution. The report sums every fold's confusion matrix 
 keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
-Writes benchmarks/results/real_photos.{json,md}.
+`--rescore` rebuilds the report from the folds' existing predictions (no training).
+Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
+(published FASSEG figures are on frontal photos).
 """
 from __future__ import annotations
 
@@ -71,6 +73,22 @@ def split_fold(groups: list[list[str]], k: int) -> tuple[list[str], list[str], l
     return test, val, train
 
 
+def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
+    """A few held-out overlays into docs/images/: frontal photos, a three-quarter view and a profile."""
+    shown = ROOT / "docs" / "images"
+    shown.mkdir(parents=True, exist_ok=True)
+    for old in shown.glob("fasseg-heldout-*.png"):
+        old.unlink()
+    wanted = lambda n: n.startswith("frontal") or n.endswith(("p0m45", "p0p90"))          # noqa: E731
+    picks = [(k, n) for k, names in enumerate(held_out) for n in names if wanted(n)]
+    picks = sorted(picks, key=lambda kn: (not kn[1].startswith("frontal"), kn[1]))
+    chosen = picks[:count // 2] + [kn for kn in picks if not kn[1].startswith("frontal")][:count - count // 2]
+    for k, name in chosen:
+        overlay = work / f"pred{k}" / "overlays" / f"{name}.png"
+        if overlay.is_file():
+            shutil.copy(overlay, shown / f"fasseg-heldout-{name}.png")
+
+
 def faceseg(*args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "faceseg", *args], capture_output=True, text=True)
     if done.returncode not in (0, 1):
@@ -87,6 +105,7 @@ def main() -> int:
     parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "real-photos"))
     parser.add_argument("--overlays", type=int, default=4, help="held-out overlays copied to docs/images/")
+    parser.add_argument("--rescore", action="store_true", help="score the existing predictions again, no training")
     args = parser.parse_args()
     data, work = Path(args.data).resolve(), Path(args.work)
     names = sorted(p.stem for p in (data / "images").glob("*.jpg"))
@@ -102,16 +121,22 @@ def main() -> int:
 
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
     total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "folds": []}
+    by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
+    earlier = json.loads((RESULTS / "real_photos.json").read_text()) if args.rescore else {}
     started = time.time()
     for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
         test, val, train = split_fold(groups, k)
         fold = write_fold(data, work / f"fold{k}", test, val, train)
         run, pred = work / f"run{k}", work / f"pred{k}"
-        shutil.rmtree(pred, ignore_errors=True)
-        fold_start = time.time()
-        faceseg("train", "--config", args.config, "--data", str(fold), "--output", str(run), "--overwrite", "--local")
-        train_seconds = time.time() - fold_start
-        faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
+        if args.rescore:
+            train_seconds = next(f["train_seconds"] for f in earlier["folds"] if f["fold"] == k)
+        else:
+            shutil.rmtree(pred, ignore_errors=True)
+            fold_start = time.time()
+            faceseg("train", "--config", args.config, "--data", str(fold), "--output", str(run), "--overwrite",
+                    "--local")
+            train_seconds = time.time() - fold_start
+            faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
         scored = json.loads((pred / "report.json").read_text())
         from faceseg.data.layouts import discover
         from faceseg.data.decode import read_label
@@ -122,7 +147,10 @@ def main() -> int:
         source = discover(fold / "test")
         remap = build_remap(source.taxonomy)
         for sample in source.samples:
-            total.add(read_label(sample, remap), read_prediction(Location.of(pred) / sample.prediction_name))
+            truth = read_label(sample, remap)
+            predicted = read_prediction(Location.of(pred) / sample.prediction_name)
+            total.add(truth, predicted)
+            by_kind["frontal" if sample.name.startswith("frontal") else "pose"].add(truth, predicted)
         people = sorted({person_of(n) for n in test})
         report["folds"].append({"fold": k, "held_out_people": people, "train": len(train), "val": len(val),
                                 "test": len(test), "train_seconds": train_seconds,
@@ -131,14 +159,10 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-        if k == 0:
-            shown = ROOT / "docs" / "images"
-            shown.mkdir(parents=True, exist_ok=True)
-            picks = [n for n in test if n.startswith("frontal")][:2] + [n for n in test if n.startswith("pose")][::13]
-            for name in picks[:args.overlays]:
-                shutil.copy(pred / "overlays" / f"{name}.png", shown / f"fasseg-heldout-{name}.png")
+    copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
     report["all"] = total.report()
-    report["seconds"] = time.time() - started
+    report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
+    report["seconds"] = earlier["seconds"] if args.rescore else time.time() - started
     summary = format_report(report["all"])
     print(summary)
     if args.only_fold is None:
@@ -148,6 +172,14 @@ def main() -> int:
                  f"Config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}`;"
                  f" {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
+                 "| held-out photos | images | pixel accuracy | mean F1 | " + " | ".join(taxonomy.names) + " |",
+                 "|---|---|---|---|" + "---|" * taxonomy.num_classes]
+        for kind in ("all", "frontal", "pose"):
+            figures = report[kind]
+            lines.append(f"| {kind} | {figures['images']} | {100 * figures['pixel_accuracy']:.2f} | "
+                         f"{100 * figures['mean_f1']:.2f} | "
+                         + " | ".join(f"{100 * figures['f1'][name]:.1f}" for name in taxonomy.names) + " |")
+        lines += ["", "F1 per class in %; mean F1 is over the classes other than background.", "",
                  "| fold | held-out people | photos | pixel accuracy | mean F1 | train min |", "|---|---|---|---|---|---|"]
         lines += [f"| {f['fold']} | {len(f['held_out_people'])} | {f['test']} | {100 * f['pixel_accuracy']:.2f} | "
                   f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} |" for f in report["folds"]]

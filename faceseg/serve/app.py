@@ -90,7 +90,8 @@ def _service_class():
                                      "pixel_share": {name: round(float(share), 6)
                                                      for name, share in zip(self.parser.classes, counts)},
                                      "model": self.model, "metrics": self.metrics})
-            return Response(encode_png("response", ids), media_type="image/png",
+            png = await asyncio.to_thread(encode_png, "response", ids)      # off the event loop
+            return Response(png, media_type="image/png",
                             headers={"X-Faceseg-Classes": json.dumps(list(self.parser.classes))})
 
     return FaceParsingService
