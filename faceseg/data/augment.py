@@ -29,16 +29,26 @@ def _flip(images, masks, flip_lut, gen: tf.random.Generator):
     return images, masks
 
 
-def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, rng: np.random.Generator):
-    """What `_flip` does, in place on writable NumPy batches: mirror each image with probability 1/2, its
-    label map mirrored too and left/right classes swapped. Returns (images, masks)."""
+def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, rng: np.random.Generator,
+               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What `_flip` does, in NumPy and OpenCV: new arrays holding images[rows] and masks[rows] (all rows by
+    default), each mirrored with probability 1/2, its label map mirrored too and left/right classes swapped.
+    Each row is copied once, mirrored or not, straight into the batch."""
+    rows = np.arange(len(images)) if rows is None else rows
+    out_images = np.empty((len(rows), *images.shape[1:]), images.dtype)
+    out_masks = np.empty((len(rows), *masks.shape[1:]), masks.dtype)
     lut = np.zeros(256, np.uint8)                 # cv2.LUT maps all 256 byte values
     lut[:len(flip_lut)] = flip_lut
     swaps = not np.array_equal(flip_lut, np.arange(len(flip_lut)))
-    for i in np.flatnonzero(rng.random(len(images)) < 0.5):
-        images[i] = cv2.flip(images[i], 1)
-        masks[i] = cv2.LUT(cv2.flip(masks[i], 1), lut) if swaps else cv2.flip(masks[i], 1)
-    return images, masks
+    for i, (row, mirror) in enumerate(zip(rows, rng.random(len(rows)) < 0.5)):
+        if mirror:
+            cv2.flip(images[row], 1, dst=out_images[i])
+            cv2.flip(masks[row], 1, dst=out_masks[i])
+            if swaps:
+                cv2.LUT(out_masks[i], lut, dst=out_masks[i])
+        else:
+            out_images[i], out_masks[i] = images[row], masks[row]
+    return out_images, out_masks
 
 
 def _affine(images, masks, gen: tf.random.Generator):

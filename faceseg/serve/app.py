@@ -112,7 +112,11 @@ def build_app(args: dict):
     if unknown:
         raise ValueError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}")
     options = {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
-    return _service_class().options(num_replicas=replicas, ray_actor_options=options).bind(model=str(model), **args)
+    # Serve lets 5 requests into a replica at a time by default: batches could never fill, and the requests
+    # queued in front of it cost the proxy more the more there are. Two full batches in, one forming.
+    ongoing = 2 * int(args.get("max_batch_size", 8))
+    return _service_class().options(num_replicas=replicas, ray_actor_options=options,
+                                    max_ongoing_requests=ongoing).bind(model=str(model), **args)
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, num_gpus: float = 0.0,

@@ -74,7 +74,7 @@ class ShardBatches:
         for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
                                              local_shuffle_buffer_size=4 * self.batch_size,
                                              local_shuffle_seed=int(rng.integers(2**31))):
-            yield self._finish(np.array(batch["image"]), np.array(batch["mask"]), rng)   # writable copies
+            yield self._batch(batch["image"], batch["mask"], np.arange(len(batch["image"])), rng)
 
     def _held(self, rng):
         if self.held is None:
@@ -84,11 +84,13 @@ class ShardBatches:
         images, masks = self.held
         order = rng.permutation(len(images))
         for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            rows = order[start:start + self.batch_size]
-            yield self._finish(images[rows], masks[rows], rng)          # fancy indexing copies
+            yield self._batch(images, masks, order[start:start + self.batch_size], rng)
 
-    def _finish(self, images, masks, rng):
-        return flip_batch(images, masks, self.flip_lut, rng) if self.flip else (images, masks)
+    def _batch(self, images, masks, rows, rng):
+        """images[rows], masks[rows] as new arrays, flipped on the way when asked."""
+        if self.flip:
+            return flip_batch(images, masks, self.flip_lut, rng, rows)
+        return images[rows], masks[rows]          # fancy indexing copies
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
