@@ -139,12 +139,15 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: in
     print(f"serving {model} at {url}/parse ({replicas} replica(s)); health: {url}/healthz", flush=True)
     if block:
         print(f"try: curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' {url}/parse -o labels.png\n"
-              "Ctrl-C stops it", flush=True)
-        try:
-            while True:
-                import time
+              "Ctrl-C (or SIGTERM) stops it", flush=True)
+        import signal
+        import threading
 
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            ray_serve.shutdown()
+        stop = threading.Event()
+        # SIGTERM is how service managers stop a process, and a background job's SIGINT may be ignored.
+        for stop_signal in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(stop_signal, lambda *_: stop.set())
+        stop.wait()
+        ray_serve.shutdown()
+        print("stopped", flush=True)
     return url
