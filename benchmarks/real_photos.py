@@ -116,8 +116,12 @@ def main() -> int:
         print(f"fold {args.sweep_fold}: {len(train)} train / {len(val)} val / {len(test)} held-out photos -> {out}")
         return 0
 
-    from faceseg.labels import Taxonomy
+    from faceseg.data.decode import read_label
+    from faceseg.data.layouts import discover
+    from faceseg.labels import Taxonomy, build_remap
     from faceseg.metrics import ConfusionMatrix, format_report
+    from faceseg.metrics.evaluate import read_prediction
+    from faceseg.storage import Location
 
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
     total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "folds": []}
@@ -138,12 +142,6 @@ def main() -> int:
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
         scored = json.loads((pred / "report.json").read_text())
-        from faceseg.data.layouts import discover
-        from faceseg.data.decode import read_label
-        from faceseg.labels import build_remap
-        from faceseg.metrics.evaluate import read_prediction
-        from faceseg.storage import Location
-
         source = discover(fold / "test")
         remap = build_remap(source.taxonomy)
         for sample in source.samples:

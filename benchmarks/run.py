@@ -330,7 +330,7 @@ def _ingest_loop(loop: dict) -> None:
     keep_freed_memory()                      # as train_loop does
     dataset = make_train_dataset(ray.train.get_dataset_shard("train"), loop["batch"], loop["augment"],
                                  Taxonomy(tuple(loop["classes"])).flip_lut, seed=0,
-                                 in_memory_rows=loop["rows"] if loop["held"] else None, size=loop["px"])
+                                 hold=loop["held"], size=loop["px"])
     rates = []
     for _ in range(loop["epochs"]):
         start, images = time.perf_counter(), 0
@@ -350,7 +350,7 @@ def _ingest_rate(cache: Path, augment: str, held: bool, epochs: int, out: Path) 
     split = Cache.open(cache)
     trainer = TensorflowTrainer(
         _ingest_loop,
-        train_loop_config={"batch": 64, "augment": augment, "held": held, "rows": split.count("train"), "px": split.size,
+        train_loop_config={"batch": 64, "augment": augment, "held": held, "px": split.size,
                            "epochs": epochs, "classes": list(split.taxonomy.names), "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         datasets={"train": split.dataset("train")}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),

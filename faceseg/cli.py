@@ -7,6 +7,7 @@ import sys
 
 import faceseg  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from faceseg.config import DataConfig
+from faceseg.serve import MAX_BATCH_SIZE
 
 # Everyday train flags, each a short name for one config key (`--set` reaches every key).
 TRAIN_ALIASES = {
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per replica")
-    p.add_argument("--max-batch-size", type=int, default=8, help="images a replica's forward pass takes at most")
+    p.add_argument("--max-batch-size", type=int, default=MAX_BATCH_SIZE, help="images a replica's forward pass takes at most")
     _address(p)
     p.set_defaults(func=cmd_serve)
 

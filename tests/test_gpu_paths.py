@@ -28,9 +28,9 @@ def _history(run):
 def plain(cache_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gpu-paths")
     config = folder / "plain.yaml"
-    config.write_text(yaml.safe_dump({**tiny_config(cache_dir, epochs=EPOCHS, augment="flip"),
-                                         "model": {"depth": 3, "base_filters": 16, "dropout": 0.0,
-                                                   "batch_norm_momentum": 0.9}}))
+    values = tiny_config(cache_dir, epochs=EPOCHS, augment="flip")
+    values["model"]["batch_norm_momentum"] = 0.9
+    config.write_text(yaml.safe_dump(values))
     assert main(["train", "--config", str(config), "--local", "--output", str(folder / "plain")]) == 0
     return folder, config, _history(folder / "plain")
 

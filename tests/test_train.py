@@ -105,7 +105,7 @@ def _epoch_images(dataset) -> list[bytes]:
 def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
     shutil.copytree(cache_dir, tmp_path / "cache")
     cache = Cache.open(tmp_path / "cache")
-    held = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1, in_memory_rows=216)
+    held = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1, hold=True)
     streamed = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1)
     first, streamed_first = _epoch_images(held), _epoch_images(streamed)
     assert len(first) == len(streamed_first) == 216

@@ -22,6 +22,7 @@ import numpy as np
 
 from faceseg.data.decode import BadFileError, encode_png
 from faceseg.runtime import Needs, connect
+from faceseg.serve import MAX_BATCH_SIZE
 
 MAX_BODY_BYTES = 32 << 20
 IMAGE_TYPES = ("image/", "application/octet-stream")
@@ -36,7 +37,7 @@ def _service_class():
 
     @serve.deployment(name=DEPLOYMENT)
     class FaceParsingService:
-        def __init__(self, model: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01):
+        def __init__(self, model: str, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_timeout_s: float = 0.01):
             from faceseg.parser import FaceParser
             from faceseg.runtime import keep_freed_memory
 
@@ -47,7 +48,7 @@ def _service_class():
             self.forward.set_max_batch_size(max_batch_size)
             self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
         async def forward(self, items: list[tuple[np.ndarray, tuple[int, int]]]) -> list[np.ndarray]:
             return await asyncio.to_thread(self._forward, items)
 
@@ -114,13 +115,13 @@ def build_app(args: dict):
     options = {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
     # Serve lets 5 requests into a replica at a time by default: batches could never fill, and the requests
     # queued in front of it cost the proxy more the more there are. Two full batches in, one forming.
-    ongoing = 2 * int(args.get("max_batch_size", 8))
+    ongoing = 2 * int(args.get("max_batch_size", MAX_BATCH_SIZE))
     return _service_class().options(num_replicas=replicas, ray_actor_options=options,
                                     max_ongoing_requests=ongoing).bind(model=str(model), **args)
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, num_gpus: float = 0.0,
-          max_batch_size: int = 8, address: str | None = None, block: bool = True) -> str:
+          max_batch_size: int = MAX_BATCH_SIZE, address: str | None = None, block: bool = True) -> str:
     """Deploy the model on Ray Serve at http://host:port/; returns that URL (blocks until Ctrl-C if `block`)."""
     from faceseg.model.saved import inspect_model
 

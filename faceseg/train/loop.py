@@ -2,7 +2,7 @@
 
     shard --ShardBatches--> [augment] --> model.fit (under the strategy)   [augment in the train step
                                             | on_epoch_end                  on a GPU]
-                                     v
+                                            v
             validate on the WHOLE val split -> checkpoint -> session.report -> table row
 """
 from __future__ import annotations
@@ -74,7 +74,7 @@ class ShardBatches:
         for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
                                              local_shuffle_buffer_size=4 * self.batch_size,
                                              local_shuffle_seed=int(rng.integers(2**31))):
-            yield self._batch(batch["image"], batch["mask"], np.arange(len(batch["image"])), rng)
+            yield self._batch(batch["image"], batch["mask"], None, rng)
 
     def _held(self, rng):
         if self.held is None:
@@ -87,23 +87,23 @@ class ShardBatches:
             yield self._batch(images, masks, order[start:start + self.batch_size], rng)
 
     def _batch(self, images, masks, rows, rng):
-        """images[rows], masks[rows] as new arrays, flipped on the way when asked."""
+        """images[rows], masks[rows] (all of them for rows None), flipped on the way when asked."""
         if self.flip:
             return flip_batch(images, masks, self.flip_lut, rng, rows)
-        return images[rows], masks[rows]          # fancy indexing copies
+        return (images, masks) if rows is None else (images[rows], masks[rows])
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
-                       in_memory_rows: int | None = None, size: int | None = None) -> tf.data.Dataset:
+                       hold: bool = False, size: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
-    `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With
-    `in_memory_rows` the shard is held in the worker's memory after one read (ShardBatches); without, it
-    streams from Parquet every epoch. `augment` is what runs here, on the worker's CPU ("none" when the
+    `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
+    the shard is held in the worker's memory after one read (ShardBatches); without, it streams from
+    Parquet every epoch. `augment` is what runs here, on the worker's CPU ("none" when the
     train step augments on the device): the flip in ShardBatches, then the warps and colours of
     `geometric`/`full` as batched TensorFlow ops.
     """
-    batches = ShardBatches(shard, batch_size, augment != "none", flip_lut, seed, hold=bool(in_memory_rows))
+    batches = ShardBatches(shard, batch_size, augment != "none", flip_lut, seed, hold)
     dataset = tf.data.Dataset.from_generator(batches, output_signature=(
         tf.TensorSpec((batch_size, size, size, 3), tf.uint8), tf.TensorSpec((batch_size, size, size), tf.uint8)))
     if augment in ("geometric", "full"):
@@ -307,7 +307,7 @@ def train_loop(loop_config: dict, session) -> None:
     epoch_seed = seed + 7919 * len(history)
     train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
                                     taxonomy.flip_lut, epoch_seed,
-                                    shard_rows if loop_config["train_in_memory"] else None, loop_config["size"])
+                                    loop_config["train_in_memory"], loop_config["size"])
     tensorboard = None
     if session.is_chief:
         tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
