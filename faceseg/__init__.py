@@ -8,6 +8,9 @@ import os
 # This must happen before TensorFlow is first imported anywhere in the process.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's own pooling allocator for CPU tensors: with plain malloc every fresh multi-MiB batch or
+# activation is page-faulted in again (benchmarks/results/design.md). Read at the first allocation.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # OpenCV reads this once, when it loads: no image header may make it allocate more than this.
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(100_000_000))
 

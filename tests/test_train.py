@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -115,3 +116,25 @@ def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
     assert sorted(second) == sorted(first) and second != first          # every row again, in a new order
     with pytest.raises(Exception, match="parquet|No such file|FileNotFound"):
         _epoch_images(streamed)                                         # the streamed split reads them again
+
+
+@pytest.mark.parametrize("hold", [True, False])
+def test_flipped_batches_mirror_images_and_swap_sides(cache_dir, hold):
+    """Every row of an epoch once, each either as stored or mirrored with its left/right classes swapped."""
+    cache = Cache.open(cache_dir)
+    stored = cache.arrays("train")
+    by_image = {image.tobytes(): mask for image, mask in zip(stored["image"], stored["mask"])}
+    by_mirror = {image[:, ::-1].tobytes(): HELEN.flip_lut[mask[:, ::-1]]
+                 for image, mask in zip(stored["image"], stored["mask"])}
+    dataset = make_train_dataset(cache.dataset("train"), 8, "flip", HELEN.flip_lut, seed=3, hold=hold, size=64)
+    mirrored = seen = 0
+    for images, masks in dataset.as_numpy_iterator():
+        for image, mask in zip(images, masks):
+            key, seen = image.tobytes(), seen + 1
+            if key in by_image:
+                np.testing.assert_array_equal(mask, by_image[key])
+            else:
+                mirrored += 1
+                np.testing.assert_array_equal(mask, by_mirror[key])
+    assert seen == 216
+    assert 0.3 < mirrored / seen < 0.7

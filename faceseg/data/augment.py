@@ -29,25 +29,34 @@ def _flip(images, masks, flip_lut, gen: tf.random.Generator):
     return images, masks
 
 
-def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, rng: np.random.Generator,
-               rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """What `_flip` does, in NumPy and OpenCV: new arrays holding images[rows] and masks[rows] (all rows by
-    default), each mirrored with probability 1/2, its label map mirrored too and left/right classes swapped.
-    Each row is copied once, mirrored or not, straight into the batch."""
-    rows = np.arange(len(images)) if rows is None else rows
-    out_images = np.empty((len(rows), *images.shape[1:]), images.dtype)
-    out_masks = np.empty((len(rows), *masks.shape[1:]), masks.dtype)
+def _byte_lut(flip_lut: np.ndarray) -> np.ndarray:
     lut = np.zeros(256, np.uint8)                 # cv2.LUT maps all 256 byte values
     lut[:len(flip_lut)] = flip_lut
-    swaps = not np.array_equal(flip_lut, np.arange(len(flip_lut)))
-    for i, (row, mirror) in enumerate(zip(rows, rng.random(len(rows)) < 0.5)):
-        if mirror:
-            cv2.flip(images[row], 1, dst=out_images[i])
-            cv2.flip(masks[row], 1, dst=out_masks[i])
-            if swaps:
-                cv2.LUT(out_masks[i], lut, dst=out_masks[i])
+    return lut
+
+
+def mirror_into(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, out_images: np.ndarray,
+                out_masks: np.ndarray) -> None:
+    """out_images[i], out_masks[i] = images[i], masks[i] mirrored, left and right classes swapped."""
+    lut, swaps = _byte_lut(flip_lut), not np.array_equal(flip_lut, np.arange(len(flip_lut)))
+    for image, mask, out_image, out_mask in zip(images, masks, out_images, out_masks):
+        cv2.flip(image, 1, dst=out_image)
+        cv2.flip(mask, 1, dst=out_mask)
+        if swaps:
+            cv2.LUT(out_mask, lut, dst=out_mask)
+
+
+def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """What `_flip` does, in NumPy and OpenCV: new arrays, each row mirrored with probability 1/2 (its label
+    map mirrored too and left/right classes swapped), each row copied once, mirrored or not."""
+    out_images, out_masks = np.empty_like(images), np.empty_like(masks)
+    for row, mirrored in enumerate(rng.random(len(images)) < 0.5):
+        if mirrored:           # slices, not fancy indexing: views that mirror_into writes through
+            mirror_into(images[row:row + 1], masks[row:row + 1], flip_lut,
+                        out_images[row:row + 1], out_masks[row:row + 1])
         else:
-            out_images[i], out_masks[i] = images[row], masks[row]
+            out_images[row], out_masks[row] = images[row], masks[row]
     return out_images, out_masks
 
 

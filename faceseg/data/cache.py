@@ -134,11 +134,11 @@ class Cache:
     def split_bytes(self, split: str) -> int:
         return self.count(split) * self.size * self.size * 4      # image: 3 bytes a pixel, mask: 1
 
-    def held_in_memory(self, split: str, in_memory: str = "auto") -> bool:
+    def held_in_memory(self, split: str, in_memory: str = "auto", copies: int = 1) -> bool:
         """Whether train workers keep `split` in their own memory after reading it once.
 
-        Yes for `in_memory` yes, or auto and the split takes under IN_MEMORY_SHARE of the memory Ray
-        has free for workers; else the loop streams it from Parquet every epoch, so memory stays flat
+        Yes for `in_memory` yes, or auto and `copies` of the split (2 with a mirrored copy for the flip)
+        take under IN_MEMORY_SHARE of the memory Ray has free for workers; else the loop streams it from Parquet every epoch, so memory stays flat
         however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
         re-reads the files, time that training then lacks.
         """
@@ -147,7 +147,7 @@ class Cache:
         if in_memory not in IN_MEMORY_POLICIES:
             raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_POLICIES)}, not {in_memory!r}")
         free = ray.available_resources().get("memory", 0)
-        return in_memory == "yes" or (in_memory == "auto" and self.split_bytes(split) < IN_MEMORY_SHARE * free)
+        return in_memory == "yes" or (in_memory == "auto" and copies * self.split_bytes(split) < IN_MEMORY_SHARE * free)
 
     def arrays(self, split: str, columns=TENSOR_COLUMNS) -> dict[str, np.ndarray]:
         """The whole split in this process's memory: for small splits, tests and in-memory baselines."""

@@ -1,6 +1,6 @@
 """The one training loop, run by every Ray Train worker and by `--local` alike.
 
-    shard --ShardBatches--> [augment] --> model.fit (under the strategy)   [augment in the train step
+    shard --held_batches | StreamedBatches--> [augment] --> model.fit (under the strategy)   [augment in the train step
                                             | on_epoch_end                  on a GPU]
                                             v
             validate on the WHOLE val split -> checkpoint -> session.report -> table row
@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from faceseg.config import Config, TrainConfig
-from faceseg.data.augment import augment_batch, flip_batch
+from faceseg.data.augment import augment_batch, flip_batch, mirror_into
 from faceseg.labels import Taxonomy
 from faceseg.metrics import ConfusionMatrix, validation_metrics
 from faceseg.model.losses import class_weights, make_loss
@@ -51,46 +51,60 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return keras.optimizers.Adam(lr)
 
 
-class ShardBatches:
-    """One worker's shard as NumPy batches, for tf.data.Dataset.from_generator: one Python call per batch.
+class StreamedBatches:
+    """One worker's shard streamed from Parquet every epoch, as NumPy batches for
+    tf.data.Dataset.from_generator: one Python call per batch, through Ray Data's local shuffle buffer.
+    With `flip`, each batch is flipped here with OpenCV (flip_batch), the cheapest place on a CPU."""
 
-    Held (`hold`): the first epoch reads the shard once into this worker's memory; every epoch, that first
-    one included, then deals it out in a new random order, one gather per batch (as model.fit does with
-    arrays): no Ray Data execution and no per-row tf.data ops after the first read. Streamed: every epoch
-    runs the shard's Ray Data pipeline again, through Ray Data's local shuffle buffer. With `flip`, each
-    batch is flipped here with OpenCV (flip_batch), the cheapest place on a CPU.
-    """
-
-    def __init__(self, shard, batch_size: int, flip: bool, flip_lut: np.ndarray, seed: int, hold: bool):
+    def __init__(self, shard, batch_size: int, flip: bool, flip_lut: np.ndarray, seed: int):
         self.shard, self.batch_size, self.flip, self.flip_lut = shard, batch_size, flip, flip_lut
-        self.seed, self.hold, self.epoch, self.held = seed, hold, 0, None
+        self.seed, self.epoch = seed, 0
 
     def __call__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        if self.hold:
-            yield from self._held(rng)
-            return
         for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
                                              local_shuffle_buffer_size=4 * self.batch_size,
                                              local_shuffle_seed=int(rng.integers(2**31))):
-            yield self._batch(batch["image"], batch["mask"], None, rng)
+            if self.flip:
+                yield flip_batch(batch["image"], batch["mask"], self.flip_lut, rng)
+            else:
+                yield batch["image"], batch["mask"]
 
-    def _held(self, rng):
-        if self.held is None:
-            chunks = list(self.shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"))
-            self.held = (np.concatenate([chunk["image"] for chunk in chunks]),
-                         np.concatenate([chunk["mask"] for chunk in chunks]))
-        images, masks = self.held
-        order = rng.permutation(len(images))
-        for start in range(0, len(order) - self.batch_size + 1, self.batch_size):
-            yield self._batch(images, masks, order[start:start + self.batch_size], rng)
 
-    def _batch(self, images, masks, rows, rng):
-        """images[rows], masks[rows] (all of them for rows None), flipped on the way when asked."""
-        if self.flip:
-            return flip_batch(images, masks, self.flip_lut, rng, rows)
-        return (images, masks) if rows is None else (images[rows], masks[rows])
+def read_shard(shard, flip_lut: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor]:
+    """The whole shard as two tensors, (N, S, S, 3) images and (N, S, S) masks, read once. With `flip_lut`,
+    rows N..2N-1 hold rows 0..N-1 mirrored (left/right classes swapped): a flipped batch is then a plain
+    gather, as cheap as an unflipped one, for twice the memory."""
+    chunks = list(shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"))
+    count = sum(len(chunk["image"]) for chunk in chunks)
+    if not count:
+        raise ValueError("this worker's share of the train split is empty: fewer train images than workers")
+    copies = 1 if flip_lut is None else 2
+    images = np.empty((copies * count, *chunks[0]["image"].shape[1:]), np.uint8)
+    masks = np.empty((copies * count, *chunks[0]["mask"].shape[1:]), np.uint8)
+    start = 0
+    for chunk in chunks:
+        images[start:start + len(chunk["image"])] = chunk["image"]
+        masks[start:start + len(chunk["mask"])] = chunk["mask"]
+        start += len(chunk["image"])
+    del chunks
+    if flip_lut is not None:
+        mirror_into(images[:count], masks[:count], flip_lut, images[count:], masks[count:])
+    return tf.convert_to_tensor(images), tf.convert_to_tensor(masks)
+
+
+def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: bool, seed: int) -> tf.data.Dataset:
+    """Batches dealt out of a held shard (read_shard) in a new random order every epoch, each one a single
+    gather inside tf.data: no Python, no Ray Data execution and no per-image op after the read. With
+    `flip`, each image comes from the mirrored half with probability 1/2."""
+    count = int(images.shape[0]) // (2 if flip else 1)
+    rows = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    rows = rows.batch(batch_size, drop_remainder=True)
+    if flip:
+        coins = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(batch_size)
+        rows = tf.data.Dataset.zip(rows, coins).map(lambda batch, coin: batch + count * (coin % 2))
+    return rows.map(lambda batch: (tf.gather(images, batch), tf.gather(masks, batch)))
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
@@ -98,14 +112,20 @@ def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarra
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
-    the shard is held in the worker's memory after one read (ShardBatches); without, it streams from
-    Parquet every epoch. `augment` is what runs here, on the worker's CPU ("none" when the
-    train step augments on the device): the flip in ShardBatches, then the warps and colours of
-    `geometric`/`full` as batched TensorFlow ops.
+    the shard is read now into this worker's memory as tensors (read_shard, held_batches); without, it
+    streams from Parquet every epoch (StreamedBatches). `augment` is what runs here, on the worker's CPU
+    ("none" when the train step augments on the device): the flip (a mirrored copy when held, OpenCV
+    when streamed), then the warps and colours of `geometric`/`full` as batched TensorFlow ops.
     """
-    batches = ShardBatches(shard, batch_size, augment != "none", flip_lut, seed, hold)
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=(
-        tf.TensorSpec((batch_size, size, size, 3), tf.uint8), tf.TensorSpec((batch_size, size, size), tf.uint8)))
+    flip = augment != "none"
+    if hold:
+        images, masks = read_shard(shard, flip_lut if flip else None)
+        dataset = held_batches(images, masks, batch_size, flip, seed)
+    else:
+        dataset = tf.data.Dataset.from_generator(
+            StreamedBatches(shard, batch_size, flip, flip_lut, seed),
+            output_signature=(tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
+                              tf.TensorSpec((batch_size, size, size), tf.uint8)))
     if augment in ("geometric", "full"):
         generator = tf.random.Generator.from_seed(seed)
         dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False))

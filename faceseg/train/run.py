@@ -233,7 +233,7 @@ def fit_run(config: Config, run: Location, plan, *, local: bool = False, cpu_sha
     print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at {cache.size} px, "
           f"{taxonomy.num_classes} classes, {config.train.epochs} epochs, best epoch by {metric} -> {run}", flush=True)
     loop_config = {"config": config.to_dict(), "run": str(run), "train_rows": cache.count("train"),
-                   "train_in_memory": train_in_memory(cache, config), "class_frequency": cache.class_frequency,
+                   "train_in_memory": train_in_memory(cache, config, on_device), "class_frequency": cache.class_frequency,
                    "classes": list(taxonomy.names), "size": cache.size, "metric": metric,
                    "augment_on_device": on_device}
     if local:
@@ -246,9 +246,12 @@ def fit_run(config: Config, run: Location, plan, *, local: bool = False, cpu_sha
     return RunSummary(run, history, max(history, key=lambda row: row[metric]), metric)
 
 
-def train_in_memory(cache: Cache, config: Config) -> bool:
-    in_memory = cache.held_in_memory("train", config.data.in_memory)
-    where = ("read from the Parquet cache once, then held in the train workers' memory" if in_memory
+def train_in_memory(cache: Cache, config: Config, augment_on_device: bool) -> bool:
+    # A held split flipped on the CPU is held twice, as stored and mirrored (train/loop.py, read_shard).
+    copies = 2 if config.train.augment != "none" and not augment_on_device else 1
+    in_memory = cache.held_in_memory("train", config.data.in_memory, copies)
+    where = ("read from the Parquet cache once, then held in the train workers' memory"
+             + (" with a mirrored copy" if copies == 2 else "") if in_memory
              else "streamed from the Parquet cache every epoch")
     print(f"train split: {cache.count('train')} images, {cache.split_bytes('train') / 2**20:.0f} MiB, {where} "
           f"(data.in_memory: {config.data.in_memory})", flush=True)
