@@ -138,8 +138,8 @@ class Cache:
         """Whether train workers keep `split` in their own memory after reading it once.
 
         Yes for `in_memory` yes, or auto and `copies` of the split (2 with a mirrored copy for the flip)
-        take under IN_MEMORY_SHARE of the memory Ray has free for workers; else the loop streams it from Parquet every epoch, so memory stays flat
-        however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
+        take under IN_MEMORY_SHARE of the memory Ray has free for workers; else the loop streams it from
+        Parquet every epoch, so memory stays flat however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
         re-reads the files, time that training then lacks.
         """
         import ray
