@@ -10,7 +10,8 @@ their label maps' own resolution. The report sums every fold's confusion matrix 
 keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
-`--rescore` rebuilds the report from the folds' existing predictions (no training).
+`--rescore` rebuilds the report from the folds' existing predictions (no training); with `--only-fold`,
+folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos).
 """
@@ -75,6 +76,8 @@ def split_fold(groups: list[list[str]], k: int) -> tuple[list[str], list[str], l
 
 def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
     """A few held-out overlays into docs/images/: frontal photos, a three-quarter view and a profile."""
+    if not count:
+        return
     shown = ROOT / "docs" / "images"
     shown.mkdir(parents=True, exist_ok=True)
     for old in shown.glob("fasseg-heldout-*.png"):
@@ -126,21 +129,23 @@ def main() -> int:
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
     total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
-    earlier = json.loads((RESULTS / "real_photos.json").read_text()) if args.rescore else {}
     started = time.time()
+    seconds = 0.0                                   # train + predict, summed over the folds
     for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
         test, val, train = split_fold(groups, k)
         fold = write_fold(data, work / f"fold{k}", test, val, train)
         run, pred = work / f"run{k}", work / f"pred{k}"
-        if args.rescore:
-            train_seconds = next(f["train_seconds"] for f in earlier["folds"] if f["fold"] == k)
-        else:
+        record = work / f"fold{k}.json"          # what training took, kept for --rescore
+        if not args.rescore:
             shutil.rmtree(pred, ignore_errors=True)
             fold_start = time.time()
             faceseg("train", "--config", args.config, "--data", str(fold), "--output", str(run), "--overwrite",
                     "--local")
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
+            record.write_text(json.dumps({"train_seconds": train_seconds, "seconds": time.time() - fold_start}))
+        fold_times = json.loads(record.read_text())
+        train_seconds, seconds = fold_times["train_seconds"], seconds + fold_times["seconds"]
         scored = json.loads((pred / "report.json").read_text())
         source = discover(fold / "test")
         remap = build_remap(source.taxonomy)
@@ -160,9 +165,13 @@ def main() -> int:
     copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
     report["all"] = total.report()
     report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
-    report["seconds"] = earlier["seconds"] if args.rescore else time.time() - started
+    report["seconds"] = seconds
     summary = format_report(report["all"])
     print(summary)
+    for kind in ("frontal", "pose"):
+        if report[kind]["images"]:
+            print(f"{kind}: {report[kind]['images']} photos, pixel accuracy {100 * report[kind]['pixel_accuracy']:.2f}%, "
+                  f"mean F1 {100 * report[kind]['mean_f1']:.2f}%")
     if args.only_fold is None:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "real_photos.json").write_text(json.dumps(report, indent=1))
