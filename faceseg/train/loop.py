@@ -97,14 +97,25 @@ def read_shard(shard, flip_lut: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor
 def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: bool, seed: int) -> tf.data.Dataset:
     """Batches dealt out of a held shard (read_shard) in a new random order every epoch, each one a single
     gather inside tf.data: no Python, no Ray Data execution and no per-image op after the read. With
-    `flip`, each image comes from the mirrored half with probability 1/2."""
+    `flip`, each image comes from the mirrored half with probability 1/2.
+
+    An epoch's row order is drawn whole, as a (steps, batch) tensor, not by Dataset.batch: under
+    MultiWorkerMirroredStrategy, tf.data's rebatching rewrites a batch op's size (to batch / workers),
+    which would halve what a worker's epoch reads."""
     count = int(images.shape[0]) // (2 if flip else 1)
-    rows = tf.data.Dataset.range(count).shuffle(count, seed=seed, reshuffle_each_iteration=True)
-    rows = rows.batch(batch_size, drop_remainder=True)
-    if flip:
-        coins = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(batch_size)
-        rows = tf.data.Dataset.zip(rows, coins).map(lambda batch, coin: batch + count * (coin % 2))
-    return rows.map(lambda batch: (tf.gather(images, batch), tf.gather(masks, batch)))
+    steps = count // batch_size
+
+    def epoch(epoch_seed):
+        seeds = tf.random.experimental.stateless_split(tf.stack([epoch_seed, 0]), 2)
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), seed=seeds[0])
+        rows = tf.reshape(order[:steps * batch_size], [steps, batch_size])
+        if flip:
+            mirrored = tf.random.stateless_uniform([steps, batch_size], seed=seeds[1]) < 0.5
+            rows += count * tf.cast(mirrored, tf.int64)
+        return tf.data.Dataset.from_tensor_slices(rows)
+
+    epoch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    return epoch_seeds.flat_map(epoch).map(lambda rows: (tf.gather(images, rows), tf.gather(masks, rows)))
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
