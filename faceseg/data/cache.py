@@ -139,8 +139,8 @@ class Cache:
 
         Yes for `in_memory` yes, or auto and `copies` of the split (2 with a mirrored copy for the flip)
         take under IN_MEMORY_SHARE of the memory Ray has free for workers; else the loop streams it from
-        Parquet every epoch, so memory stays flat however large the data set. Why hold it: each streamed epoch starts a Ray Data execution and
-        re-reads the files, time that training then lacks.
+        Parquet every epoch, so memory stays flat however large the data set. Why hold it: each streamed
+        epoch starts a Ray Data execution and re-reads the files, time that training then lacks.
         """
         import ray
 

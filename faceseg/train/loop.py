@@ -1,8 +1,8 @@
 """The one training loop, run by every Ray Train worker and by `--local` alike.
 
-    shard --held_batches | StreamedBatches--> [augment] --> model.fit (under the strategy)   [augment in the train step
-                                            | on_epoch_end                  on a GPU]
-                                            v
+    shard --held_batches | StreamedBatches--> [augment] --> model.fit (under the strategy)
+                                                               | on_epoch_end    [augment in the train
+                                                               v                  step on a GPU]
             validate on the WHOLE val split -> checkpoint -> session.report -> table row
 """
 from __future__ import annotations
