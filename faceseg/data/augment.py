@@ -29,32 +29,37 @@ def _flip(images, masks, flip_lut, gen: tf.random.Generator):
     return images, masks
 
 
-def _byte_lut(flip_lut: np.ndarray) -> np.ndarray:
+def _mirror_tables(flip_lut: np.ndarray) -> tuple[np.ndarray, bool]:
+    """cv2.LUT's 256-entry table for the class swap, and whether any class swaps at all."""
     lut = np.zeros(256, np.uint8)                 # cv2.LUT maps all 256 byte values
     lut[:len(flip_lut)] = flip_lut
-    return lut
+    return lut, not np.array_equal(flip_lut, np.arange(len(flip_lut)))
+
+
+def _mirror(image, mask, out_image, out_mask, lut: np.ndarray, swaps: bool) -> None:
+    cv2.flip(image, 1, dst=out_image)
+    cv2.flip(mask, 1, dst=out_mask)
+    if swaps:
+        cv2.LUT(out_mask, lut, dst=out_mask)
 
 
 def mirror_into(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray, out_images: np.ndarray,
                 out_masks: np.ndarray) -> None:
     """out_images[i], out_masks[i] = images[i], masks[i] mirrored, left and right classes swapped."""
-    lut, swaps = _byte_lut(flip_lut), not np.array_equal(flip_lut, np.arange(len(flip_lut)))
+    lut, swaps = _mirror_tables(flip_lut)
     for image, mask, out_image, out_mask in zip(images, masks, out_images, out_masks):
-        cv2.flip(image, 1, dst=out_image)
-        cv2.flip(mask, 1, dst=out_mask)
-        if swaps:
-            cv2.LUT(out_mask, lut, dst=out_mask)
+        _mirror(image, mask, out_image, out_mask, lut, swaps)
 
 
 def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """What `_flip` does, in NumPy and OpenCV: new arrays, each row mirrored with probability 1/2 (its label
     map mirrored too and left/right classes swapped), each row copied once, mirrored or not."""
+    lut, swaps = _mirror_tables(flip_lut)
     out_images, out_masks = np.empty_like(images), np.empty_like(masks)
     for row, mirrored in enumerate(rng.random(len(images)) < 0.5):
-        if mirrored:           # slices, not fancy indexing: views that mirror_into writes through
-            mirror_into(images[row:row + 1], masks[row:row + 1], flip_lut,
-                        out_images[row:row + 1], out_masks[row:row + 1])
+        if mirrored:
+            _mirror(images[row], masks[row], out_images[row], out_masks[row], lut, swaps)
         else:
             out_images[row], out_masks[row] = images[row], masks[row]
     return out_images, out_masks
