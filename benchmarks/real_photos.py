@@ -1,6 +1,7 @@
 """faceseg on real photos: FASSEG, held out by person, with the shipped recipe (configs/real-photos.yaml).
 
     python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 5]
+                                     [--set model.base_filters=24 ...]
 
 FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
 five folds, each holding out a fifth of the people (frontal photos are one person each; `pose_personneNN*`
@@ -13,7 +14,9 @@ keeps each fold's figures; a few held-out overlays go to docs/images/.
 `--rescore` rebuilds the report from the folds' existing predictions (no training); with `--only-fold`,
 folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
-(published FASSEG figures are on frontal photos).
+(published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
+into --work instead and leaves benchmarks/results and docs/images alone; benchmarks/results/real_photos_trials.md
+lists the trials measured.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+SHIPPED_CONFIG = ROOT / "configs" / "real-photos.yaml"
 
 
 def person_of(name: str) -> str:
@@ -102,7 +106,9 @@ def faceseg(*args: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="the FASSEG folder: images/ labels/ label_names.txt")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "real-photos.yaml"))
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a change to the config for every fold, as `faceseg train --set`")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--only-fold", type=int, help="run this fold alone")
     parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
@@ -127,7 +133,8 @@ def main() -> int:
     from faceseg.storage import Location
 
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
-    total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "folds": []}
+    total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "set": args.set,
+                                                "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
     started = time.time()
     seconds = 0.0                                   # train + predict, summed over the folds
@@ -139,8 +146,8 @@ def main() -> int:
         if not args.rescore:
             shutil.rmtree(pred, ignore_errors=True)
             fold_start = time.time()
-            faceseg("train", "--config", args.config, "--data", str(fold), "--output", str(run), "--overwrite",
-                    "--local")
+            faceseg("train", "--config", args.config, *(f"--set={change}" for change in args.set),
+                    "--data", str(fold), "--output", str(run), "--overwrite", "--local")
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
             record.write_text(json.dumps({"train_seconds": train_seconds, "seconds": time.time() - fold_start}))
@@ -162,7 +169,10 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-    copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
+    # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
+    shipped = not args.set and Path(args.config).resolve() == SHIPPED_CONFIG
+    if shipped:
+        copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
     report["all"] = total.report()
     report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
     report["seconds"] = seconds
@@ -173,11 +183,14 @@ def main() -> int:
             print(f"{kind}: {report[kind]['images']} photos, pixel accuracy {100 * report[kind]['pixel_accuracy']:.2f}%, "
                   f"mean F1 {100 * report[kind]['mean_f1']:.2f}%")
     if args.only_fold is None:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "real_photos.json").write_text(json.dumps(report, indent=1))
+        out = RESULTS if shipped else work
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "real_photos.json").write_text(json.dumps(report, indent=1))
+        config = Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config
+        changes = "".join(f" `--set {change}`" for change in args.set)
         lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds held out by person)", "",
-                 f"Config: `{Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config}`;"
-                 f" {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this machine.", "",
+                 f"Config: `{config}`{changes}; {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this "
+                 "machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
                  "| held-out photos | images | pixel accuracy | mean F1 | " + " | ".join(taxonomy.names) + " |",
                  "|---|---|---|---|" + "---|" * taxonomy.num_classes]
@@ -190,7 +203,8 @@ def main() -> int:
                  "| fold | held-out people | photos | pixel accuracy | mean F1 | train min |", "|---|---|---|---|---|---|"]
         lines += [f"| {f['fold']} | {len(f['held_out_people'])} | {f['test']} | {100 * f['pixel_accuracy']:.2f} | "
                   f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} |" for f in report["folds"]]
-        (RESULTS / "real_photos.md").write_text("\n".join(lines) + "\n")
+        (out / "real_photos.md").write_text("\n".join(lines) + "\n")
+        print(f"report: {out / 'real_photos.md'}")
     return 0
 
 

@@ -100,3 +100,27 @@ def test_model_refuses_data_of_other_classes(photos, synth_dir, cache_dir, tmp_p
     assert main(["train", "--config", str(tmp_path / "helen.yaml"), "--local", "--resume", str(run)]) == 2
     assert "data.cache" in capsys.readouterr().err
     assert (run / "metrics.jsonl").read_text() == before
+
+
+def test_benchmark_folds_hold_out_whole_people():
+    """benchmarks/real_photos.py: no person's photos on two sides of a fold (test, validation, training)."""
+    import importlib.util
+
+    script = Path(__file__).parents[1] / "benchmarks" / "real_photos.py"
+    spec = importlib.util.spec_from_file_location("real_photos", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    angles = ["m90", "m75", "m60", "m45", "m30", "m15", "p0", "p15", "p30", "p45", "p60", "p75", "p90"]
+    names = [f"frontal_train_{i}" for i in range(1, 21)]
+    names += [f"pose_personne{p:02d}{series}{40 + i}p0{a}" for p in range(1, 8) for series in (1, 2)
+              for i, a in enumerate(angles)]
+    for count in (3, 5):
+        groups = bench.folds(names, count)
+        assert sorted(n for g in groups for n in g) == sorted(names)           # every photo held out once
+        for k in range(count):
+            test, val, train = bench.split_fold(groups, k)
+            assert sorted(test + val + train) == sorted(names)
+            # pose_personneNN + series + pose: the person is NN, in both series
+            people = [{n[:15] if n.startswith("pose") else n for n in side} for side in (test, val, train)]
+            assert not (people[0] & people[1] or people[0] & people[2] or people[1] & people[2])
+            assert len({p for p in people[1] if p.startswith("pose")}) == 1 and len(people[1]) == 3
