@@ -11,7 +11,8 @@ their label maps' own resolution. The report sums every fold's confusion matrix 
 keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
-`--rescore` rebuilds the report from the folds' existing predictions (no training); with `--only-fold`,
+`--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config or
+--set other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
 folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
@@ -132,9 +133,12 @@ def main() -> int:
     from faceseg.metrics.evaluate import read_prediction
     from faceseg.storage import Location
 
+    config = Path(args.config).resolve()
+    recipe = {"config": str(config), "set": args.set}        # what each fold trained with, checked by --rescore
+    # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
+    shipped = not args.set and config == SHIPPED_CONFIG
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
-    total, report = ConfusionMatrix(taxonomy), {"data": str(data), "config": args.config, "set": args.set,
-                                                "folds": []}
+    total, report = ConfusionMatrix(taxonomy), {"data": str(data), **recipe, "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
     started = time.time()
     seconds = 0.0                                   # train + predict, summed over the folds
@@ -142,16 +146,20 @@ def main() -> int:
         test, val, train = split_fold(groups, k)
         fold = write_fold(data, work / f"fold{k}", test, val, train)
         run, pred = work / f"run{k}", work / f"pred{k}"
-        record = work / f"fold{k}.json"          # what training took, kept for --rescore
+        record = work / f"fold{k}.json"          # the recipe and what training took, kept for --rescore
         if not args.rescore:
             shutil.rmtree(pred, ignore_errors=True)
             fold_start = time.time()
-            faceseg("train", "--config", args.config, *(f"--set={change}" for change in args.set),
+            faceseg("train", "--config", str(config), *(f"--set={change}" for change in args.set),
                     "--data", str(fold), "--output", str(run), "--overwrite", "--local")
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
-            record.write_text(json.dumps({"train_seconds": train_seconds, "seconds": time.time() - fold_start}))
+            record.write_text(json.dumps({**recipe, "train_seconds": train_seconds,
+                                          "seconds": time.time() - fold_start}))
         fold_times = json.loads(record.read_text())
+        trained = {key: fold_times.get(key) for key in recipe}
+        if "config" in fold_times and trained != recipe:     # records before --set carry no recipe
+            sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
         train_seconds, seconds = fold_times["train_seconds"], seconds + fold_times["seconds"]
         scored = json.loads((pred / "report.json").read_text())
         source = discover(fold / "test")
@@ -169,8 +177,6 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-    # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
-    shipped = not args.set and Path(args.config).resolve() == SHIPPED_CONFIG
     if shipped:
         copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
     report["all"] = total.report()
@@ -186,10 +192,10 @@ def main() -> int:
         out = RESULTS if shipped else work
         out.mkdir(parents=True, exist_ok=True)
         (out / "real_photos.json").write_text(json.dumps(report, indent=1))
-        config = Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else args.config
+        shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
         changes = "".join(f" `--set {change}`" for change in args.set)
         lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds held out by person)", "",
-                 f"Config: `{config}`{changes}; {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this "
+                 f"Config: `{shown}`{changes}; {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this "
                  "machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
                  "| held-out photos | images | pixel accuracy | mean F1 | " + " | ".join(taxonomy.names) + " |",
