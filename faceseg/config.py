@@ -68,11 +68,6 @@ class TrainConfig:
     class_weights: str = option("sqrt-inverse", choices=("none", "sqrt-inverse"))  # of the train pixel shares
     augment: str = option("flip", choices=("none", "flip", "geometric", "full"))
     augment_on: str = option("auto", choices=("auto", "cpu", "device"))  # auto: in the train step on GPUs
-    # augment `full` only: the share of images whose background is repainted / whose recolour_classes
-    # (names, comma-separated; those the data set lacks are skipped) get a random colour
-    background_swap: float = option(0.0, low=0.0, high=1.0)
-    recolour: float = option(0.0, low=0.0, high=1.0)
-    recolour_classes: str = "hair"
     seed: int = option(0, low=0, high=2**31 - 1)
     metric: str = "auto"            # picks the best epoch: auto = val_f1_overall (Helen classes), else val_f1_mean
     mixed_precision: bool = False   # float16 compute on GPUs (bfloat16 on CPUs); logits stay float32
@@ -176,9 +171,6 @@ class Config:
         if self.train.warmup_epochs and self.train.schedule != "cosine":
             raise ConfigError("train.warmup_epochs: warm-up is part of the cosine schedule; "
                               f"train.schedule is {self.train.schedule!r}")
-        if (self.train.background_swap or self.train.recolour) and self.train.augment != "full":
-            raise ConfigError(f"train.background_swap / train.recolour: they are part of train.augment 'full'; "
-                              f"train.augment is {self.train.augment!r}")
         if self.train.metric != "auto" and not self.train.metric.startswith("val_"):
             raise ConfigError(f"train.metric: {self.train.metric!r} is not a validation metric "
                               "(auto, val_f1_mean, val_f1_overall, val_mean_iou, val_pixel_accuracy, val_f1_<class>)")

@@ -8,14 +8,10 @@ for the input side on a CPU, where TensorFlow's reverse/where/gather cost ten ti
 
 Levels: none < flip < geometric (flip + scale/rotate/translate) < full (geometric + photometric).
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
-`full` can also use the label map to change what a photo's classes look like (LabelAware): a new
-background behind the person, another hair colour. Small real data sets show few of either (FASSEG's
-multi-pose photos: one grey wall, mostly dark hair), and a model then learns "dark = hair".
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -113,64 +109,11 @@ def _photometric(images, gen: tf.random.Generator):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-@dataclass(frozen=True)
-class LabelAware:
-    """Colour changes that follow the label map (level `full` only), each applied to an image with its
-    probability: `background_swap` paints a random smooth colour field with some texture behind the
-    person (class `background`); `recolour` moves the mean colour of each class in `recolour_ids` to a
-    random colour, keeping its texture."""
-    background: int = 0
-    background_swap: float = 0.0
-    recolour_ids: tuple[int, ...] = ()
-    recolour: float = 0.0
-
-    @classmethod
-    def from_config(cls, train, taxonomy) -> "LabelAware | None":
-        """From TrainConfig's background_swap, recolour and recolour_classes (matched to the taxonomy's
-        names as faceseg compares them: case, punctuation and Helen's synonyms aside)."""
-        from faceseg.labels import canonical
-        wanted = {canonical(name) for name in train.recolour_classes.split(",") if name.strip()}
-        ids = tuple(i for i, name in enumerate(taxonomy.canonical) if name in wanted)
-        if not train.background_swap and not (train.recolour and ids):
-            return None
-        return cls(taxonomy.background, train.background_swap, ids, train.recolour if ids else 0.0)
-
-
-def _soft_region(masks, class_id):
-    """(B, S, S, 1) float weights: 1 inside the class, 0 outside, a 3-pixel ramp across its edge, so a
-    pasted colour blends in instead of leaving a hard cut-out edge."""
-    region = tf.cast(tf.equal(masks, class_id), tf.float32)[..., None]
-    return tf.nn.avg_pool2d(region, 3, 1, "SAME")
-
-
-def _swap_background(x, masks, background: int, probability: float, gen: tf.random.Generator):
-    b, size = tf.shape(x)[0], tf.shape(x)[1]
-    colours = tf.image.resize(gen.uniform([b, 4, 4, 3], 0.0, 255.0), [size, size], "bilinear")
-    grain = tf.image.resize(gen.normal([b, size // 4, size // 4, 1]), [size, size], "bilinear")
-    field = tf.clip_by_value(colours + grain * gen.uniform([b, 1, 1, 1], 0.0, 30.0), 0.0, 255.0)
-    weight = _soft_region(masks, background) * tf.cast(gen.uniform([b, 1, 1, 1]) < probability, tf.float32)
-    return x * (1.0 - weight) + field * weight
-
-
-def _recolour(x, masks, class_ids, probability: float, gen: tf.random.Generator):
-    b = tf.shape(x)[0]
-    for class_id in class_ids:
-        weight = _soft_region(masks, class_id)
-        mean = tf.reduce_sum(x * weight, axis=[1, 2], keepdims=True) / (
-            tf.reduce_sum(weight, axis=[1, 2], keepdims=True) + 1e-6)
-        shift = gen.uniform([b, 1, 1, 3], 20.0, 235.0) - mean
-        chosen = tf.cast(gen.uniform([b, 1, 1, 1]) < probability, tf.float32)
-        x = tf.clip_by_value(x + shift * weight * chosen, 0.0, 255.0)
-    return x
-
-
-def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True,
-                  label_aware: LabelAware | None = None):
+def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True):
     """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
 
     `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut). `flip=False`: the
-    batch was flipped already (flip_batch), only the warps and colours of the level remain. `label_aware`
-    adds its colour changes to level `full`, before the photometric jitter."""
+    batch was flipped already (flip_batch), only the warps and colours of the level remain."""
     if level not in LEVELS:
         raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
     if level == "none":
@@ -180,10 +123,6 @@ def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator,
     if level in ("geometric", "full"):
         x, masks = _affine(tf.cast(images, tf.float32), masks, gen)
         if level == "full":
-            if label_aware is not None and label_aware.background_swap > 0:
-                x = _swap_background(x, masks, label_aware.background, label_aware.background_swap, gen)
-            if label_aware is not None and label_aware.recolour > 0:
-                x = _recolour(x, masks, label_aware.recolour_ids, label_aware.recolour, gen)
             x = _photometric(x, gen)
         images = tf.cast(tf.round(x), tf.uint8)
     return images, masks

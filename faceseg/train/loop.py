@@ -18,7 +18,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from faceseg.config import Config, TrainConfig
-from faceseg.data.augment import LabelAware, augment_batch, flip_batch, mirror_into
+from faceseg.data.augment import augment_batch, flip_batch, mirror_into
 from faceseg.labels import Taxonomy
 from faceseg.metrics import ConfusionMatrix, validation_metrics
 from faceseg.model.losses import class_weights, make_loss
@@ -119,16 +119,14 @@ def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: boo
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
-                       hold: bool = False, size: int | None = None,
-                       label_aware: LabelAware | None = None) -> tf.data.Dataset:
+                       hold: bool = False, size: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
     the shard is read now into this worker's memory as tensors (read_shard, held_batches); without, it
     streams from Parquet every epoch (StreamedBatches). `augment` is what runs here, on the worker's CPU
     ("none" when the train step augments on the device): the flip (a mirrored copy when held, OpenCV
-    when streamed), then the warps and colours of `geometric`/`full` (with `label_aware`'s) as batched
-    TensorFlow ops.
+    when streamed), then the warps and colours of `geometric`/`full` as batched TensorFlow ops.
     """
     flip = augment != "none"
     if hold:
@@ -141,8 +139,7 @@ def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarra
                               tf.TensorSpec((batch_size, size, size), tf.uint8)))
     if augment in ("geometric", "full"):
         generator = tf.random.Generator.from_seed(seed)
-        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False,
-                                                                  label_aware=label_aware))
+        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False))
     options = tf.data.Options()
     # Ray Data already gave each worker its own equal shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -153,16 +150,14 @@ class AugmentingModel(keras.Model):
     """The U-Net, augmenting each batch inside its train step: on a GPU the warps run there, next to
     the model, instead of on the worker's CPU. Exported as the plain U-Net it wraps."""
 
-    def __init__(self, inputs, outputs, augment: str, flip_lut: np.ndarray, seed: int,
-                 label_aware: LabelAware | None = None, **kwargs):
+    def __init__(self, inputs, outputs, augment: str, flip_lut: np.ndarray, seed: int, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self.augment_level, self.flip_lut, self.label_aware = augment, flip_lut, label_aware
+        self.augment_level, self.flip_lut = augment, flip_lut
         self.augment_rng = tf.random.Generator.from_seed(seed)
 
     def train_step(self, data):
         images, masks = data
-        images, masks = augment_batch(images, masks, self.augment_level, self.flip_lut, self.augment_rng,
-                                       label_aware=self.label_aware)
+        images, masks = augment_batch(images, masks, self.augment_level, self.flip_lut, self.augment_rng)
         return super().train_step((images, masks))
 
 
@@ -314,11 +309,10 @@ def train_loop(loop_config: dict, session) -> None:
         steps_per_epoch = max(1, shard_rows // dataset_batch)
     on_device = loop_config["augment_on_device"]
     seed = config.train.seed * 1000 + session.world_rank
-    label_aware = LabelAware.from_config(config.train, taxonomy)
     with strategy.scope():
         unet = build_unet(config.model, loop_config["size"], taxonomy.num_classes)
         model = AugmentingModel(unet.inputs, unet.outputs, config.train.augment, taxonomy.flip_lut, seed,
-                                label_aware, name=unet.name) if on_device and config.train.augment != "none" else unet
+                                name=unet.name) if on_device and config.train.augment != "none" else unet
         optimizer = make_optimizer(config.train, steps_per_epoch)
         loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"], config.train.class_weights))
         model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=config.train.jit)
@@ -344,7 +338,7 @@ def train_loop(loop_config: dict, session) -> None:
     epoch_seed = seed + 7919 * len(history)
     train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
                                     taxonomy.flip_lut, epoch_seed,
-                                    loop_config["train_in_memory"], loop_config["size"], label_aware)
+                                    loop_config["train_in_memory"], loop_config["size"])
     tensorboard = None
     if session.is_chief:
         tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
