@@ -138,7 +138,10 @@ def main() -> int:
     # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
     shipped = not args.set and config == SHIPPED_CONFIG
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
-    total, report = ConfusionMatrix(taxonomy), {"data": str(data), **recipe, "folds": []}
+    # The report names the data set and config without this machine's paths.
+    shown_config = str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config)
+    total, report = ConfusionMatrix(taxonomy), {"data": data.name, "config": shown_config, "set": args.set,
+                                                "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
     started = time.time()
     seconds = 0.0                                   # train + predict, summed over the folds
