@@ -195,11 +195,10 @@ def main() -> int:
         out = RESULTS if shipped else work
         out.mkdir(parents=True, exist_ok=True)
         (out / "real_photos.json").write_text(json.dumps(report, indent=1))
-        shown = config.relative_to(ROOT) if config.is_relative_to(ROOT) else config
         changes = "".join(f" `--set {change}`" for change in args.set)
         lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds held out by person)", "",
-                 f"Config: `{shown}`{changes}; {len(names)} photos; {report['seconds'] / 60:.0f} min in all on this "
-                 "machine.", "",
+                 f"Config: `{shown_config}`{changes}; {len(names)} photos; "
+                 f"{report['seconds'] / 60:.0f} min in all on this machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
                  "| held-out photos | images | pixel accuracy | mean F1 | " + " | ".join(taxonomy.names) + " |",
                  "|---|---|---|---|" + "---|" * taxonomy.num_classes]
