@@ -10,6 +10,7 @@ The sweep file holds plain data (docs/tune.md):
   num_samples: 8
   max_concurrent_trials: 2
   trial_cpus: 0.01                          # the trial itself only waits on its trainer (must be > 0)
+  max_failures: 1                           # a failed trial runs again this often, resuming its checkpoints
 
 The data cache is prepared ONCE into the sweep's folder and shared by every trial.
 Outputs: results.csv, best_config.yaml (a valid `faceseg train --config`), best_model.keras, trials/.
@@ -23,12 +24,13 @@ import yaml
 
 from faceseg.config import Config, ConfigError
 from faceseg.data.cache import MANIFEST, Cache
+from faceseg.model.saved import MODEL_FILE
 from faceseg.runtime import Needs, connect
 from faceseg.storage import Location
 
 SAMPLERS = {"loguniform", "uniform", "choice", "randint", "grid"}
 SWEEP_KEYS = {"output", "data", "base", "space", "objective", "scheduler", "num_samples", "max_concurrent_trials",
-              "trial_cpus"}
+              "trial_cpus", "max_failures"}
 CHECKPOINT_PATH = "checkpoint_path"   # the key TuneReportCallback adds to each report
 
 
@@ -92,6 +94,9 @@ def load_sweep(spec: str | dict, output: str | None = None) -> dict:
                 base.with_overrides({key: value})
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
+    retries = sweep.get("max_failures", 1)
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise ConfigError(f"{where}: max_failures must be a whole number >= 0, not {sweep['max_failures']!r}")
     if float(sweep.get("trial_cpus", 0.01)) <= 0:
         raise ConfigError(f"{where}: trial_cpus must be > 0 (Tune cannot place an empty trial); use 0.01")
     name = Location.of(spec).stem if isinstance(spec, str) else "sweep"
@@ -175,18 +180,30 @@ def _trial_table(results, space_keys: list[str], metric: str, mode: str):
     return pd.DataFrame(rows)
 
 
-def _best_report(results, metric: str, mode: str):
-    """(result, report row) of the best report across every trial and epoch."""
+def _best_report(results, metric: str, mode: str, folder: Location):
+    """(result, report row) of the best report across every trial and epoch whose checkpoint Ray Train kept.
+
+    Train keeps each trial's best checkpoints by the same metric, but among equal values it keeps the later
+    epochs, so the later epoch wins a tie here too, and reports whose checkpoint is gone are passed over.
+    """
     best = None
     for result in results:
         history = result.metrics_dataframe
-        if history is None or metric not in history or history[metric].isna().all():
+        if history is None or metric not in history or CHECKPOINT_PATH not in history:
             continue
-        row = history.loc[history[metric].idxmax() if mode == "max" else history[metric].idxmin()]
-        if best is None or (row[metric] > best[1][metric]) == (mode == "max"):
+        history = history.dropna(subset=[metric, CHECKPOINT_PATH])
+        kept = history[[(folder.sibling_path(path) / MODEL_FILE).is_file() for path in history[CHECKPOINT_PATH]]]
+        if kept.empty:
+            continue
+        score = kept[metric] if mode == "max" else -kept[metric]
+        row = kept.loc[score[::-1].idxmax()]               # the last of equal values
+        if best is None or (row[metric] > best[1][metric] if mode == "max" else row[metric] < best[1][metric]):
             best = (result, row)
     if best is None:
-        raise RuntimeError("no trial reported any result; see the trial errors above")
+        from faceseg.train.run import TrainingError
+
+        raise TrainingError(f"no trial finished an epoch with a kept checkpoint; {folder / 'results.csv'} lists "
+                            "each trial's error")
     return best
 
 
@@ -234,16 +251,19 @@ def sweep(spec: str | dict, *, output: str | None = None, resume: bool = False,
             tune_config=ray.tune.TuneConfig(num_samples=int(sweep_.get("num_samples", 1)),
                                             max_concurrent_trials=concurrent,
                                             scheduler=_scheduler(sweep_.get("scheduler"), metric, mode)),
-            run_config=ray.tune.RunConfig(name="tune", failure_config=ray.tune.FailureConfig(max_failures=0), **storage),
+            # A trial whose process dies (a lost node, a crash inside Ray) runs again into its own run folder,
+            # where Ray Train resumes it from its last checkpoint, as `faceseg train --resume` would.
+            run_config=ray.tune.RunConfig(name="tune", **storage, failure_config=ray.tune.FailureConfig(
+                max_failures=int(sweep_.get("max_failures", 1)))),
         )
     results = tuner.fit()
     table = _trial_table(results, list(sweep_["space"]), metric, mode)
     (folder / "results.csv").write_text(table.to_csv(index=False))
 
-    result, row = _best_report(results, metric, mode)
+    result, row = _best_report(results, metric, mode, folder)     # after results.csv: it says why, if none
     best_config = trial_config(base, result.config["sampled"], str(cache.location))
     (folder / "best_config.yaml").write_text(best_config.to_yaml())
-    (folder / "best_model.keras").write_bytes((folder.sibling_path(row[CHECKPOINT_PATH]) / "model.keras").read_bytes())
+    (folder / "best_model.keras").write_bytes((folder.sibling_path(row[CHECKPOINT_PATH]) / MODEL_FILE).read_bytes())
     best = {"metric": metric, "value": float(row[metric]), "trial": result.metrics.get("trial_id", "?"),
             "epoch": int(row["epoch"])}
     return SweepSummary(folder, table, best, time.perf_counter() - start)

@@ -1,9 +1,11 @@
-"""Faults for real: the whole train driver SIGKILLed then resumed; a Tune trial that raises."""
+"""Faults for real: the whole train driver SIGKILLed then resumed; a Tune trial that raises; a Tune trial's
+process SIGKILLed mid-run."""
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -53,7 +55,50 @@ def test_a_failing_trial_is_reported_and_the_sweep_finishes(cache_dir, tmp_path)
     assert results.loc["auto", "status"] == "ok" and results.loc["val_f1_nonsense", "status"] == "failed"
     assert "val_f1_nonsense" in results.loc["val_f1_nonsense", "error"]
     assert (tmp_path / "sweep" / "best_model.keras").is_file()
+    sweep["space"] = {"train.metric": {"grid": ["val_f1_nonsense"]}}     # every trial fails: exit 1, and why
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep1")]) == 1
+    assert list(pd.read_csv(tmp_path / "sweep1" / "results.csv")["status"]) == ["failed"]
+    assert not (tmp_path / "sweep1" / "best_model.keras").exists()
     sweep["space"] = {"model.depth": {"grid": [3, 9]}}      # values a trial could never train: refused up front
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep2")]) == 2
     assert not (tmp_path / "sweep2").exists()
+
+
+def test_a_trial_whose_process_dies_runs_again_and_resumes_its_checkpoints(cache_dir, tmp_path):
+    from ray.util.state import list_actors
+
+    sweep = {
+        "data": {"cache": str(cache_dir)},
+        "base": {"model": {"depth": 3, "base_filters": 8, "dropout": 0.0}, "train": {"epochs": 4, "batch_size": 8},
+                 "scaling": {"num_workers": 1}},
+        "space": {"train.learning_rate": {"grid": [0.002]}},
+        "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent_trials": 1,
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
+    trials = tmp_path / "sweep" / "trials"
+    done_before = []
+
+    def kill_the_trial_after_its_first_epoch():
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            runs = list(trials.glob("*/metrics.jsonl"))
+            if runs and epochs(runs[0].parent):
+                trial = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+                         if a.class_name in ("ImplicitFunc", "run_trial")]
+                done_before.extend(epochs(runs[0].parent))
+                os.kill(trial[0].pid, signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_the_trial_after_its_first_epoch, daemon=True)
+    killer.start()
+    assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep")]) == 0
+    killer.join()
+    assert 1 <= len(done_before) < 4, "the trial should die mid-run"
+    results = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert list(results["status"]) == ["ok"] and list(results["epochs"]) == [4]
+    (run,) = trials.iterdir()
+    assert epochs(run) == [1, 2, 3, 4]
+    assert (tmp_path / "sweep" / "best_model.keras").is_file()
