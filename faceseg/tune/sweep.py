@@ -94,9 +94,9 @@ def load_sweep(spec: str | dict, output: str | None = None) -> dict:
                 base.with_overrides({key: value})
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
-    retries = sweep.get("max_failures", 1)
+    retries = sweep.setdefault("max_failures", 1)
     if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigError(f"{where}: max_failures must be a whole number >= 0, not {sweep['max_failures']!r}")
+        raise ConfigError(f"{where}: max_failures must be a whole number >= 0, not {retries!r}")
     if float(sweep.get("trial_cpus", 0.01)) <= 0:
         raise ConfigError(f"{where}: trial_cpus must be > 0 (Tune cannot place an empty trial); use 0.01")
     name = Location.of(spec).stem if isinstance(spec, str) else "sweep"
@@ -191,12 +191,13 @@ def _best_report(results, metric: str, mode: str, folder: Location):
         history = result.metrics_dataframe
         if history is None or metric not in history or CHECKPOINT_PATH not in history:
             continue
-        history = history.dropna(subset=[metric, CHECKPOINT_PATH])
-        kept = history[[(folder.sibling_path(path) / MODEL_FILE).is_file() for path in history[CHECKPOINT_PATH]]]
-        if kept.empty:
+        # Best first, the later epoch first among equal values; the first whose checkpoint is still there.
+        ranked = history.dropna(subset=[metric, CHECKPOINT_PATH]).iloc[::-1].sort_values(
+            metric, ascending=mode == "min", kind="stable")
+        row = next((report for _, report in ranked.iterrows()
+                    if (folder.sibling_path(report[CHECKPOINT_PATH]) / MODEL_FILE).is_file()), None)
+        if row is None:
             continue
-        score = kept[metric] if mode == "max" else -kept[metric]
-        row = kept.loc[score[::-1].idxmax()]               # the last of equal values
         if best is None or (row[metric] > best[1][metric] if mode == "max" else row[metric] < best[1][metric]):
             best = (result, row)
     if best is None:
@@ -254,7 +255,7 @@ def sweep(spec: str | dict, *, output: str | None = None, resume: bool = False,
             # A trial whose process dies (a lost node, a crash inside Ray) runs again into its own run folder,
             # where Ray Train resumes it from its last checkpoint, as `faceseg train --resume` would.
             run_config=ray.tune.RunConfig(name="tune", **storage, failure_config=ray.tune.FailureConfig(
-                max_failures=int(sweep_.get("max_failures", 1)))),
+                max_failures=sweep_["max_failures"])),
         )
     results = tuner.fit()
     table = _trial_table(results, list(sweep_["space"]), metric, mode)
