@@ -70,6 +70,9 @@ class TrainConfig:
     augment_on: str = option("auto", choices=("auto", "cpu", "device"))  # auto: in the train step on GPUs
     seed: int = option(0, low=0, high=2**31 - 1)
     metric: str = "auto"            # picks the best epoch: auto = val_f1_overall (Helen classes), else val_f1_mean
+    final_model: str = option("best", choices=("best", "last"))   # the epoch RUN/model.keras holds
+    # Glob on train image names -> times each matching image is seen an epoch, e.g. {"frontal_*": 5}
+    repeat: dict[str, int] = field(default_factory=dict)
     mixed_precision: bool = False   # float16 compute on GPUs (bfloat16 on CPUs); logits stay float32
     jit: bool = False               # XLA compilation
 
@@ -118,6 +121,14 @@ def _coerce(key: str, value, kind, meta: dict):
             coerced = int(coerced)
         else:
             coerced = float(coerced)
+    elif typing.get_origin(kind) is dict:          # train.repeat: glob -> whole number of times
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: {value!r} is not a mapping, e.g. {{'frontal_*': 5}}")
+        coerced = {}
+        for pattern, times in value.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(f"{key}: {pattern!r} is not a file-name pattern, e.g. 'frontal_*'")
+            coerced[pattern] = _coerce(f"{key}.{pattern}", times, int, {"low": 1, "high": 1000})
     elif kind is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: {value!r} is not a mapping, e.g. {{name: 1}}")

@@ -86,9 +86,14 @@ def test_config_values_are_coerced_where_yaml_surprises_and_checked(tmp_path):
                          ({"data": {"size": 100}}, "not divisible by 2\\*\\*model.depth"),
                          ({"scaling": {"num_workers": True}}, "not a number"),
                          ({"train": {"warmup_epochs": 2, "schedule": "step"}}, "warm-up"),
-                         ({"model": [1]}, "expected a mapping")]:
+                         ({"model": [1]}, "expected a mapping"),
+                         ({"train": {"repeat": ["frontal_*"]}}, "train.repeat: .* is not a mapping"),
+                         ({"train": {"repeat": {"frontal_*": 0}}}, r"train.repeat.frontal_\*: 0 is out of range"),
+                         ({"train": {"repeat": {"": 2}}}, "is not a file-name pattern"),
+                         ({"train": {"final_model": "first"}}, "not one of best, last")]:
         with pytest.raises(ConfigError, match=message):
             Config.from_dict(raw)
+    assert Config.from_dict({"train": {"repeat": {"frontal_*": "5"}}}).train.repeat == {"frontal_*": 5}
     assert parse_assignment("train.learning_rate=1e-3") == ("train.learning_rate", "1e-3")
     with pytest.raises(ConfigError, match="section.option=value"):
         parse_assignment("learning_rate")

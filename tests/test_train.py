@@ -66,6 +66,33 @@ def test_local_mode_same_outputs(cache_dir, tmp_path):
     assert [r["epoch"] for r in history(tmp_path / "run")] == [1, 2, 3]
 
 
+def test_repeat_deals_matching_images_more_often_and_last_keeps_the_last_epoch(cache_dir, tmp_path, capsys):
+    from faceseg.train.run import train_split
+
+    cache = Cache.open(cache_dir)
+    names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
+    repeated = [name for name in names if name.endswith("3")]
+    assert 0 < len(repeated) < len(names)
+    data, rows = train_split(cache, {"*3": 3, "no such image*": 2})
+    assert rows == len(names) + 2 * len(repeated)
+    printed = capsys.readouterr().out
+    assert f"'*3' x3 matches {len(repeated)} of {len(names)}" in printed and "'no such image*' x2 matches 0" in printed
+    # One held epoch deals each matching image three times, every other image once.
+    epoch = _epoch_images(make_train_dataset(data, 1, "none", HELEN.flip_lut, seed=1, hold=True))
+    images = dict(zip(names, (image.tobytes() for image in cache.arrays("train")["image"])))
+    assert sorted(epoch) == sorted(images[name] for name in names for _ in range(3 if name in repeated else 1))
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=3, learning_rate=0.03, final_model="last",
+                                                 repeat={"*3": 3})))
+    assert main(["train", "--config", str(config), "--local", "--output", str(tmp_path / "run")]) == 0
+    assert history(tmp_path / "run")[0]["steps"] == rows // 4
+    assert inspect_model(tmp_path / "run" / "model.keras").meta["epoch"] == 3
+    (last,) = (tmp_path / "run" / "checkpoints" / "local").glob("epoch_00003_*")
+    assert (tmp_path / "run" / "model.keras").read_bytes() == (last / "model.keras").read_bytes()
+    assert "(epoch 3, the last:" in capsys.readouterr().out
+
+
 def _train_worker_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():

@@ -4,6 +4,7 @@ import yaml
 
 from faceseg.cli import main
 from faceseg.config import Config
+from faceseg.model.saved import inspect_model
 
 
 def test_tiny_sweep_writes_results_and_a_best_config_that_retrains(cache_dir, tmp_path, capsys):
@@ -28,7 +29,9 @@ def test_tiny_sweep_writes_results_and_a_best_config_that_retrains(cache_dir, tm
     assert len(results) == 2 and set(results["train.augment"]) == {"none", "flip"}
     assert (results["status"] == "ok").all() and (results["epochs"] == 2).all()
     assert results["train.learning_rate"].between(1e-3, 5e-3).all()
-    assert (out / "best_model.keras").is_file()
+    # best_model.keras is the best epoch of any trial (train.final_model: best)
+    picked = inspect_model(out / "best_model.keras").meta["metrics"]["val_f1_overall"]
+    assert picked == results["best_val_f1_overall"].max()
     best = Config.from_yaml(out / "best_config.yaml")
     assert best.train.augment in {"none", "flip"} and best.data.cache == str(cache_dir)
     assert "best config" in capsys.readouterr().out

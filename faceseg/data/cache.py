@@ -134,7 +134,7 @@ class Cache:
     def split_bytes(self, split: str) -> int:
         return self.count(split) * self.size * self.size * 4      # image: 3 bytes a pixel, mask: 1
 
-    def held_in_memory(self, split: str, in_memory: str = "auto", copies: int = 1) -> bool:
+    def held_in_memory(self, split: str, in_memory: str = "auto", copies: float = 1) -> bool:
         """Whether train workers keep `split` in their own memory after reading it once.
 
         Yes for `in_memory` yes, or auto and `copies` of the split (2 with a mirrored copy for the flip)

@@ -1,19 +1,22 @@
 """`faceseg train`: check the config, the data and the run folder, run the loop (Ray Train or local), and
 leave the run folder complete (docs/runs.md).
 
-RUN/ config.yaml, metrics.jsonl, model.keras (the best epoch), checkpoints/, tensorboard/, [cache/]
+RUN/ config.yaml, metrics.jsonl, model.keras (the best or last epoch), checkpoints/, tensorboard/, [cache/]
 RUN may be a local folder or a URI (s3://bucket/runs/r1): every file goes through pyarrow.fs, and Ray
 Train's checkpoints go to RUN/checkpoints on the same storage.
 """
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 import faceseg  # noqa: F401
 from faceseg.config import Config, ConfigError
-from faceseg.data.cache import MANIFEST, Cache, CacheError
+from faceseg.data.cache import MANIFEST, TENSOR_COLUMNS, Cache, CacheError
 from faceseg.labels import Taxonomy
 from faceseg.model.saved import MODEL_FILE
 from faceseg.runtime import TRAIN_WORKER_ENV, Needs, connect
@@ -39,14 +42,17 @@ class RunSummary:
     history: list[dict]
     best: dict
     metric: str
+    final_model: str = "best"       # train.final_model: which epoch model.keras holds
 
     def format(self) -> str:
-        best = self.best
+        best, last = self.best, self.history[-1]
+        kept = best if self.final_model == "best" else last
         return "\n".join([
             f"trained {len(self.history)} epochs; best epoch {best['epoch']}: {self.metric} {100 * best[self.metric]:.2f}%, "
             f"pixel accuracy {100 * best['val_pixel_accuracy']:.2f}%, mean IoU {100 * best['val_mean_iou']:.2f}%",
             f"run:      {self.run}",
-            f"model:    {self.run / MODEL_FILE}",
+            f"model:    {self.run / MODEL_FILE} (epoch {kept['epoch']}, the {self.final_model}: {self.metric} "
+            f"{100 * kept[self.metric]:.2f}%)",
             f"metrics:  {self.run / HISTORY_FILE}",
             f"logs:     tensorboard --logdir {self.run / 'tensorboard'}",
         ])
@@ -144,6 +150,33 @@ def ensure_cache(config: Config, run: Location, plan) -> Cache:
 
 # --- fitting ----------------------------------------------------------------------------------------------------
 
+def repeat_rows(batch: dict, times: dict[str, int]) -> dict:
+    """Ray Data map_batches: each row whose name is in `times` that many times, the others once."""
+    counts = np.array([times.get(str(name), 1) for name in batch["name"]])
+    return {key: np.repeat(column, counts, axis=0) for key, column in batch.items() if key != "name"}
+
+
+def train_split(cache: Cache, repeat: dict[str, int]):
+    """(Ray Dataset, rows) of the train split, each image whose name matches a `train.repeat` glob in it as
+    many times as the largest matching pattern says; prints what each pattern matched."""
+    if not repeat:
+        return cache.dataset("train"), cache.count("train")
+    names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
+    times = {}
+    for name in names:
+        matched = [count for pattern, count in repeat.items() if fnmatch.fnmatchcase(name, pattern)]
+        if matched and max(matched) > 1:
+            times[name] = max(matched)
+    for pattern, count in repeat.items():
+        hits = sum(fnmatch.fnmatchcase(name, pattern) for name in names)
+        print(f"train.repeat: {pattern!r} x{count} matches {hits} of {len(names)} train images"
+              + ("" if hits else "; nothing repeated (image names are file stems, e.g. " + repr(names[0]) + ")"),
+              flush=True)
+    rows = sum(times.get(name, 1) for name in names)
+    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"))
+    return dataset.map_batches(repeat_rows, batch_format="numpy", fn_kwargs={"times": times}), rows
+
+
 def ray_worker_loop(loop_config: dict) -> None:
     from faceseg.train.loop import train_loop
     from faceseg.train.session import RaySession
@@ -151,8 +184,8 @@ def ray_worker_loop(loop_config: dict) -> None:
     train_loop(loop_config, RaySession(Location.of(loop_config["run"])))
 
 
-def _fit_ray(loop_config: dict, config: Config, cache: Cache, run: Location, metric: str, cpu_share: float,
-             callbacks=()) -> tuple[Location, Location]:
+def _fit_ray(loop_config: dict, config: Config, cache: Cache, train_data, run: Location, metric: str,
+             cpu_share: float, callbacks=()) -> tuple[Location, Location]:
     """Ray Train: one worker per replica, MultiWorkerMirroredStrategy across them."""
     import ray.data
     import ray.train
@@ -169,7 +202,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, run: Location, met
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": cache.dataset("train"), "val": cache.dataset("val")},
+        datasets={"train": train_data, "val": cache.dataset("val")},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS, storage_path=run.path if not run.is_local else run.uri,
@@ -205,14 +238,14 @@ def _root_cause(error: BaseException) -> str:
     return f"training failed: {lines[-1] if lines else error.__class__.__name__}"
 
 
-def _fit_local(loop_config: dict, cache: Cache, run: Location, metric: str) -> tuple[Location, Location]:
+def _fit_local(loop_config: dict, cache: Cache, train_data, run: Location, metric: str) -> tuple[Location, Location]:
     import ray.data
 
     from faceseg.train.loop import train_loop
     from faceseg.train.session import LocalSession
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
-    session = LocalSession(cache.dataset("train"), cache.dataset("val"), run, metric)
+    session = LocalSession(train_data, cache.dataset("val"), run, metric)
     train_loop(loop_config, session)
     kept = candidates(session.checkpoint_root)     # the newest first
     scores = [json.loads((c / MANIFEST_FILE).read_text())["metrics"][metric] for c in kept]
@@ -230,31 +263,35 @@ def fit_run(config: Config, run: Location, plan, *, local: bool = False, cpu_sha
     metric = resolve_metric(config, taxonomy)
     on_device = config.train.augment_on == "device" or (config.train.augment_on == "auto" and config.scaling.use_gpu)
     mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
-    print(f"training {mode}: {cache.count('train')} train / {cache.count('val')} val images at {cache.size} px, "
-          f"{taxonomy.num_classes} classes, {config.train.epochs} epochs, best epoch by {metric} -> {run}", flush=True)
-    loop_config = {"config": config.to_dict(), "run": str(run), "train_rows": cache.count("train"),
-                   "train_in_memory": train_in_memory(cache, config, on_device), "class_frequency": cache.class_frequency,
-                   "classes": list(taxonomy.names), "size": cache.size, "metric": metric,
-                   "augment_on_device": on_device}
+    train_data, train_rows = train_split(cache, config.train.repeat)
+    print(f"training {mode}: {train_rows} train / {cache.count('val')} val images at {cache.size} px, "
+          f"{taxonomy.num_classes} classes, {config.train.epochs} epochs, best epoch by {metric}, model.keras from "
+          f"the {config.train.final_model} epoch -> {run}", flush=True)
+    loop_config = {"config": config.to_dict(), "run": str(run), "train_rows": train_rows,
+                   "train_in_memory": train_in_memory(cache, config, on_device, train_rows),
+                   "class_frequency": cache.class_frequency, "classes": list(taxonomy.names), "size": cache.size,
+                   "metric": metric, "augment_on_device": on_device}
     if local:
-        best, latest = _fit_local(loop_config, cache, run, metric)
+        best, latest = _fit_local(loop_config, cache, train_data, run, metric)
     else:
-        best, latest = _fit_ray(loop_config, config, cache, run, metric, cpu_share, callbacks)
-    (run / MODEL_FILE).write_bytes((best / MODEL_FILE).read_bytes())
+        best, latest = _fit_ray(loop_config, config, cache, train_data, run, metric, cpu_share, callbacks)
+    kept = latest if config.train.final_model == "last" else best
+    (run / MODEL_FILE).write_bytes((kept / MODEL_FILE).read_bytes())
     history = read_history_text((latest / HISTORY_FILE).read_text(), str(latest / HISTORY_FILE))
     (run / HISTORY_FILE).write_text(history_text(history))
-    return RunSummary(run, history, max(history, key=lambda row: row[metric]), metric)
+    return RunSummary(run, history, max(history, key=lambda row: row[metric]), metric, config.train.final_model)
 
 
-def train_in_memory(cache: Cache, config: Config, augment_on_device: bool) -> bool:
-    # A held split flipped on the CPU is held twice, as stored and mirrored (train/loop.py, read_shard).
+def train_in_memory(cache: Cache, config: Config, augment_on_device: bool, rows: int) -> bool:
+    # A held split flipped on the CPU is held twice, as stored and mirrored (train/loop.py, read_shard);
+    # train.repeat holds a repeated image as often as it is repeated.
     copies = 2 if config.train.augment != "none" and not augment_on_device else 1
-    in_memory = cache.held_in_memory("train", config.data.in_memory, copies)
+    in_memory = cache.held_in_memory("train", config.data.in_memory, copies * rows / cache.count("train"))
     where = ("read from the Parquet cache once, then held in the train workers' memory"
              + (" with a mirrored copy" if copies == 2 else "") if in_memory
              else "streamed from the Parquet cache every epoch")
-    print(f"train split: {cache.count('train')} images, {cache.split_bytes('train') / 2**20:.0f} MiB, {where} "
-          f"(data.in_memory: {config.data.in_memory})", flush=True)
+    print(f"train split: {rows} images, {cache.split_bytes('train') * rows / cache.count('train') / 2**20:.0f} MiB, "
+          f"{where} (data.in_memory: {config.data.in_memory})", flush=True)
     return in_memory
 
 

@@ -185,15 +185,19 @@ def _best_report(results, metric: str, mode: str, folder: Location):
 
     Train keeps each trial's best checkpoints by the same metric, but among equal values it keeps the later
     epochs, so the later epoch wins a tie here too, and reports whose checkpoint is gone are passed over.
+    A trial with train.final_model `last` competes with its last epoch only: what its model.keras holds.
     """
     best = None
     for result in results:
         history = result.metrics_dataframe
-        if history is None or metric not in history or CHECKPOINT_PATH not in history:
+        if history is None or metric not in history or CHECKPOINT_PATH not in history or not result.config:
             continue
+        reports = history.dropna(subset=[metric, CHECKPOINT_PATH])
+        config = trial_config(result.config["base"], result.config["sampled"], result.config["cache"])
+        if config.train.final_model == "last":
+            reports = reports.iloc[-1:]
         # Best first, the later epoch first among equal values; the first whose checkpoint is still there.
-        ranked = history.dropna(subset=[metric, CHECKPOINT_PATH]).iloc[::-1].sort_values(
-            metric, ascending=mode == "min", kind="stable")
+        ranked = reports.iloc[::-1].sort_values(metric, ascending=mode == "min", kind="stable")
         row = next((report for _, report in ranked.iterrows()
                     if (folder.sibling_path(report[CHECKPOINT_PATH]) / MODEL_FILE).is_file()), None)
         if row is None:

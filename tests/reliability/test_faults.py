@@ -13,6 +13,7 @@ import yaml
 
 from conftest import cli_env, tiny_config
 from faceseg.cli import main
+from faceseg.model.saved import inspect_model
 
 
 def epochs(run):
@@ -67,12 +68,13 @@ def test_a_failing_trial_is_reported_and_the_sweep_finishes(cache_dir, tmp_path)
 
 
 def test_a_trial_whose_process_dies_runs_again_and_resumes_its_checkpoints(cache_dir, tmp_path):
+    import ray
     from ray.util.state import list_actors
 
     sweep = {
         "data": {"cache": str(cache_dir)},
-        "base": {"model": {"depth": 3, "base_filters": 8, "dropout": 0.0}, "train": {"epochs": 4, "batch_size": 8},
-                 "scaling": {"num_workers": 1}},
+        "base": {"model": {"depth": 3, "base_filters": 8, "dropout": 0.0},
+                 "train": {"epochs": 4, "batch_size": 8, "final_model": "last"}, "scaling": {"num_workers": 1}},
         "space": {"train.learning_rate": {"grid": [0.002]}},
         "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent_trials": 1,
     }
@@ -85,9 +87,10 @@ def test_a_trial_whose_process_dies_runs_again_and_resumes_its_checkpoints(cache
         while time.time() < deadline:
             runs = list(trials.glob("*/metrics.jsonl"))
             if runs and epochs(runs[0].parent):
+                # This sweep's own runtime by address: another Ray on the machine makes "auto" ambiguous.
+                alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")])
                 # Tune's function trainable: Ray names it `ImplicitFunc` or `wrap_function.<locals>.ImplicitFunc`
-                trial = [a for a in list_actors(filters=[("state", "=", "ALIVE")])
-                         if a.class_name.rsplit(".", 1)[-1] == "ImplicitFunc"]
+                trial = [a for a in alive if a.class_name.rsplit(".", 1)[-1] == "ImplicitFunc"]
                 done = epochs(runs[0].parent)
                 os.kill(trial[0].pid, signal.SIGKILL)
                 done_before.extend(done)        # only once the kill happened: no kill fails the test below
@@ -103,4 +106,4 @@ def test_a_trial_whose_process_dies_runs_again_and_resumes_its_checkpoints(cache
     assert list(results["status"]) == ["ok"] and list(results["epochs"]) == [4]
     (run,) = trials.iterdir()
     assert epochs(run) == [1, 2, 3, 4]
-    assert (tmp_path / "sweep" / "best_model.keras").is_file()
+    assert inspect_model(tmp_path / "sweep" / "best_model.keras").meta["epoch"] == 4    # final_model: last
