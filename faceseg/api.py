@@ -2,10 +2,10 @@
 
     from faceseg.api import Config, prepare, train, predict, evaluate, sweep, FaceParser
 
-    prepare("data/fasseg", "data/fasseg-cache", size=256)
+    prepare("data/fasseg", "data/fasseg-cache", size=128)
     run = train(Config.from_yaml("configs/real-photos.yaml").with_overrides({"data.cache": "data/fasseg-cache"}),
                 "runs/r1")
-    print(run.best)                                   # the best epoch's metrics
+    print(run.history[-1])                            # the last epoch's metrics: model.keras, with this config
     predict("runs/r1", "photos/", "preds/r1", overlay=True)
     parser = FaceParser.load("runs/r1")
     ids = parser("photo.jpg")                         # (H, W) uint8 class ids, names in parser.classes
