@@ -162,14 +162,12 @@ def train_split(cache: Cache, repeat: dict[str, int]):
     if not repeat:
         return cache.dataset("train"), cache.count("train")
     names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
-    times = {}
-    for name in names:
-        matched = [count for pattern, count in repeat.items() if fnmatch.fnmatchcase(name, pattern)]
-        if matched and max(matched) > 1:
-            times[name] = max(matched)
+    times: dict[str, int] = {}
     for pattern, count in repeat.items():
-        hits = sum(fnmatch.fnmatchcase(name, pattern) for name in names)
-        print(f"train.repeat: {pattern!r} x{count} matches {hits} of {len(names)} train images"
+        hits = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        for name in hits:
+            times[name] = max(times.get(name, 1), count)
+        print(f"train.repeat: {pattern!r} x{count} matches {len(hits)} of {len(names)} train images"
               + ("" if hits else "; nothing repeated (image names are file stems, e.g. " + repr(names[0]) + ")"),
               flush=True)
     rows = sum(times.get(name, 1) for name in names)
@@ -286,11 +284,12 @@ def train_in_memory(cache: Cache, config: Config, augment_on_device: bool, rows:
     # A held split flipped on the CPU is held twice, as stored and mirrored (train/loop.py, read_shard);
     # train.repeat holds a repeated image as often as it is repeated.
     copies = 2 if config.train.augment != "none" and not augment_on_device else 1
-    in_memory = cache.held_in_memory("train", config.data.in_memory, copies * rows / cache.count("train"))
+    share = rows / cache.count("train")          # of the stored split
+    in_memory = cache.held_in_memory("train", config.data.in_memory, copies * share)
     where = ("read from the Parquet cache once, then held in the train workers' memory"
              + (" with a mirrored copy" if copies == 2 else "") if in_memory
              else "streamed from the Parquet cache every epoch")
-    print(f"train split: {rows} images, {cache.split_bytes('train') * rows / cache.count('train') / 2**20:.0f} MiB, "
+    print(f"train split: {rows} images, {cache.split_bytes('train') * share / 2**20:.0f} MiB, "
           f"{where} (data.in_memory: {config.data.in_memory})", flush=True)
     return in_memory
 
