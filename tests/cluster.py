@@ -94,6 +94,11 @@ class RayNode:
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
 
+    def start_log(self) -> str:
+        """What `ray start` printed (why a node did not come up)."""
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")
+
     def kill(self) -> None:
         """SIGKILL the node's whole process group at once, as a machine that loses power."""
         try:
@@ -131,7 +136,9 @@ def wait_for_nodes(head: RayNode, count: int, env: dict, timeout: float = 120) -
         if status.returncode == 0 and status.stdout.count("node_") >= count:
             return
         time.sleep(2)
-    raise AssertionError(f"fewer than {count} Ray nodes came up: {status.stdout[-1500:]} {status.stderr[-1500:]}")
+    exited = "" if head.process.poll() is None else f"ray start --head exited ({head.process.returncode}); "
+    raise AssertionError(f"fewer than {count} Ray nodes came up: {exited}{status.stderr[-1000:]}\n"
+                         f"its log {head.log.name}:\n{head.start_log()[-3000:]}")
 
 
 class S3Server:
