@@ -78,7 +78,7 @@ def cmd_predict(args) -> int:
 
     summary = predict(args.model, args.input, args.output, overlay=args.overlay, layout=args.layout,
                       batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=args.num_gpus,
-                      overwrite=args.overwrite, address=args.address)
+                      overwrite=args.overwrite, refine=args.refine, address=args.address)
     print(summary.format())
     return 0 if not summary.failed else 1
 
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, help="model actors")
     p.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per model actor")
     p.add_argument("--overwrite", action="store_true", help="redo every image, replacing another model's output")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="resize the probabilities only; by default class edges follow the photo's (a guided filter)")
     _address(p)
     p.set_defaults(func=cmd_predict)
 

@@ -48,6 +48,26 @@ def test_parser_gives_what_predict_writes(parser, trained_run, synth_dir, tmp_pa
     assert overlay.ndim == 3 and overlay.shape[0] > 256 and parser.classes[1] == "face"
 
 
+def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
+    import tensorflow as tf
+
+    from faceseg.parser import refine_probabilities, resize_argmax_band
+
+    grid, height, width, edge = 16, 64, 48, 21
+    centres = (np.arange(grid) + 0.5) / grid * width                  # each grid column's centre, output pixels
+    face = 1 / (1 + np.exp(-(centres - 26) / 3.0))                    # the model's edge: soft, 5 px right of the photo's
+    probs = tf.constant(np.stack([1 - face, face], -1)[None].repeat(grid, 0), tf.float32)   # (16, 16, 2)
+    photo = np.full((height, width, 3), 40, np.uint8)
+    photo[:, edge:] = (200, 60, 60)
+    plain = resize_argmax_band(tf, probs, height, width, 0, height).numpy()
+    refined = np.argmax(refine_probabilities(tf, probs, tf.constant(photo), grid).numpy(), -1)
+    assert (plain.argmax(axis=1) == 26).all()                         # the plain resize keeps the model's edge
+    assert (refined.argmax(axis=1) == edge).all()                     # refined: the photo's edge, every row
+    flat = np.full_like(photo, 120)                                   # a photo with no edge moves nothing
+    unmoved = np.argmax(refine_probabilities(tf, probs, tf.constant(flat), grid).numpy(), -1)
+    assert (np.abs(unmoved.argmax(axis=1) - 26) <= 1).all()
+
+
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose header says width x height, with one tiny (wrong) data chunk: a lying header."""
     def chunk(kind: bytes, data: bytes) -> bytes:

@@ -73,6 +73,27 @@ def test_lapa_input_resizes_back_to_each_original(trained_run, tmp_path):
     assert json.loads((out / "report.json").read_text())["images"] == 3
 
 
+def test_refinement_is_recorded_and_a_switch_is_refused_without_overwrite(trained_run, tmp_path, capsys):
+    from faceseg.parser import FaceParser
+
+    write_lapa(tmp_path / "lapa")
+    test = tmp_path / "lapa" / "test"
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(trained_run), "--input", str(test), "--output", str(out)]) == 0
+    assert json.loads((out / "predict.json").read_text())["model"]["refine"] is True
+    capsys.readouterr()
+    # Mixing refined and unrefined label maps in one folder would be silently inconsistent.
+    assert main(["predict", "--model", str(trained_run), "--input", str(test), "--output", str(out),
+                 "--no-refine"]) == 2
+    assert "with edge refinement" in capsys.readouterr().err
+    assert main(["predict", "--model", str(trained_run), "--input", str(test), "--output", str(out),
+                 "--no-refine", "--overwrite"]) == 0
+    assert json.loads((out / "predict.json").read_text())["model"]["refine"] is False
+    plain = FaceParser.load(trained_run, refine=False)
+    image = next(test.glob("images/test_0.*"))
+    assert (cv2.imread(str(out / "test_0.png"), cv2.IMREAD_UNCHANGED) == plain.batch([image], [(48, 48)])[0]).all()
+
+
 def test_killed_job_rerun_completes_without_rewriting(ray_runtime, trained_run, tmp_path):
     images = tmp_path / "many"
     images.mkdir()

@@ -26,6 +26,7 @@ from faceseg.labels import Remap, Taxonomy, build_remap
 from faceseg.metrics import ConfusionMatrix, format_report
 from faceseg.metrics.evaluate import read_prediction, write_report
 from faceseg.model.saved import ModelInfo, inspect_model
+from faceseg.parser import REFINE_ZOOM, guide_image
 from faceseg.runtime import Needs, connect, keep_freed_memory
 from faceseg.storage import Location
 
@@ -97,9 +98,11 @@ def read_record(output: Location) -> dict | None:
         raise OutputError(f"{record}: damaged ({error}); remove the output folder or choose another") from None
 
 
-def check_output(model: ModelInfo, input_: Location, output: Location, overwrite: bool) -> dict | None:
+def check_output(model: ModelInfo, input_: Location, output: Location, overwrite: bool,
+                 refine: bool = True) -> dict | None:
     """Refuse an output that would touch the input, that another program filled, or that another
-    model filled (without --overwrite); returns the earlier run's record, if any."""
+    model (or the same model with refinement switched) filled, without --overwrite; returns the earlier
+    run's record, if any."""
     if output.contains(input_) or input_.contains(output):
         raise OutputError(f"--output {output} {'is' if output == input_ else 'contains' if output.contains(input_) else 'lies inside'} "
                           f"--input {input_}: predictions must not touch their inputs; choose another folder")
@@ -114,18 +117,26 @@ def check_output(model: ModelInfo, input_: Location, output: Location, overwrite
     if record["model"]["sha256"] != model.sha256 and not overwrite:
         raise OutputError(f"--output {output}: holds predictions of another model ({record['model']['uri']}); "
                           "add --overwrite to replace them, or choose another folder")
+    if _refined(record) != refine and not overwrite:
+        raise OutputError(f"--output {output}: holds predictions made {'with' if _refined(record) else 'without'} "
+                          f"edge refinement; this run is {'with' if refine else 'without (--no-refine)'}. Add "
+                          "--overwrite to replace them, or choose another folder")
     return record
 
 
+def _refined(record: dict) -> bool:
+    return record["model"].get("refine", False)     # records from before refinement existed: not refined
+
+
 def start_output(model: ModelInfo, input_: Location, output: Location, record: dict | None, layout: str,
-                 files: dict) -> None:
-    """Clear another model's predictions (checked and allowed before), then record this run."""
-    if record is not None and record["model"]["sha256"] != model.sha256:
+                 files: dict, refine: bool = True) -> None:
+    """Clear another model's (or refinement's) predictions (checked and allowed before), then record this run."""
+    if record is not None and (record["model"]["sha256"] != model.sha256 or _refined(record) != refine):
         _forget(output, record)
     output.mkdir()
     (output / RECORD).write_text(json.dumps({
         "format": RECORD_FORMAT, "model": {"uri": str(model.location), "sha256": model.sha256,
-                                           "classes": list(model.taxonomy.names)},
+                                           "classes": list(model.taxonomy.names), "refine": refine},
         "input": str(input_), "layout": layout, "files": files}, indent=1))
 
 
@@ -147,53 +158,58 @@ def object_column(items: list) -> np.ndarray:
     return column
 
 
-def load_batch(batch: dict, size: int, remap: Remap | None) -> dict:
-    """Decode and resize as training did, and read the ground truth; a bad file gets its error message."""
+def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dict:
+    """Decode and resize as training did (and the refinement's guide), and read the ground truth; a bad
+    file gets its error message."""
     n = len(batch["image"])
     pixels = np.zeros((n, size, size, 3), np.uint8)                       # (B, S, S, 3)
     target = np.zeros((n, 2), np.int32)                                   # (B, [H, W]) of the label map to write
-    truths, errors = [], []
+    truths, guides, errors = [], [], []
     for i in range(n):
         sample = Sample.from_row({key: column[i] for key, column in batch.items()})
-        truth = np.zeros((0, 0), np.uint8)
+        truth, guide = np.zeros((0, 0), np.uint8), np.zeros((0, 0, 3), np.uint8)
         try:
-            image, original = read_image(sample.image, size)
+            image, original = read_image(sample.image, size * REFINE_ZOOM if refine else size)
             pixels[i] = resize_image(image, size)
             target[i] = original
             if sample.has_label and remap is not None:
                 truth = read_label(sample, remap)
                 check_same_aspect(original, truth.shape, sample.label_path)
                 target[i] = truth.shape               # scored at the ground truth's resolution
+            if refine:
+                guide = guide_image(image, int(target[i][0]), int(target[i][1]), size)
             errors.append("")
         except BadFileError as error:
             errors.append(str(error))
         truths.append(truth)
+        guides.append(guide)
     return {**batch, "pixels": pixels, "target": target, "truth": object_column(truths),
-            "error": np.array(errors, dtype=object)}
+            "guide": object_column(guides), "error": np.array(errors, dtype=object)}
 
 
 class Predictor:
     """A FaceParser for the actor's lifetime: loading the model per batch would dominate the job."""
 
-    def __init__(self, model: str, sha256: str):
+    def __init__(self, model: str, sha256: str, refine: bool = True):
         from faceseg.parser import FaceParser
 
         keep_freed_memory()
         info = inspect_model(model)
         if info.sha256 != sha256:
             raise ValueError(f"{model} changed while the job ran (SHA-256 {info.sha256}, checked {sha256})")
-        self.parser = FaceParser(info)
+        self.parser = FaceParser(info, refine)
         self.ready_at = None   # wall clock when the first batch was through: start-up is over
 
     def __call__(self, batch: dict) -> dict:
-        pixels = batch.pop("pixels")
+        pixels, guides = batch.pop("pixels"), batch.pop("guide")
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         ids = [np.zeros((0, 0), np.uint8)] * len(pixels)
         if ok.any():
             probs = self.parser.probabilities(pixels[ok])
             for j, i in enumerate(np.flatnonzero(ok)):
                 height, width = (int(v) for v in batch["target"][i])
-                ids[i] = self.parser.label_map(probs[j], height, width)
+                guide = guides[i] if self.parser.refine else None
+                ids[i] = self.parser.label_map(probs[j], height, width, guide)
         warm = self.ready_at is not None
         self.ready_at = self.ready_at or time.time()
         return {**batch, "ids": object_column(ids), "model_ready_at": np.full(len(pixels), self.ready_at),
@@ -254,14 +270,16 @@ def _score_existing(samples: list[Sample], output: Location, remap: Remap, confu
 
 
 def _run_pipeline(todo: list[Sample], model: ModelInfo, output: Location, overlay: bool, remap: Remap | None,
-                  batch_size: int, concurrency: int, num_gpus: float, cpu_share: float, confusion: ConfusionMatrix,
-                  failed: list[str]) -> float:
+                  refine: bool, batch_size: int, concurrency: int, num_gpus: float, cpu_share: float,
+                  confusion: ConfusionMatrix, failed: list[str]) -> float:
     import ray.data
 
     # Blocks of at most batch_size rows: a larger block would leave a small remainder batch per block.
     dataset = ray.data.from_items([s.to_row() for s in todo], override_num_blocks=-(-len(todo) // batch_size))
-    dataset = dataset.map_batches(load_batch, fn_kwargs={"size": model.size, "remap": remap}, batch_size=batch_size)
-    dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model": str(model.location), "sha256": model.sha256}, batch_size=batch_size,
+    dataset = dataset.map_batches(load_batch, fn_kwargs={"size": model.size, "remap": remap, "refine": refine},
+                                  batch_size=batch_size)
+    dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model": str(model.location), "sha256": model.sha256,
+                                                                    "refine": refine}, batch_size=batch_size,
                                   compute=ray.data.ActorPoolStrategy(size=concurrency),
                                   num_gpus=num_gpus or None, num_cpus=None if num_gpus else cpu_share)
     dataset = dataset.map_batches(write_batch, batch_size=batch_size,
@@ -281,7 +299,7 @@ def _run_pipeline(todo: list[Sample], model: ModelInfo, output: Location, overla
 
 def predict_folder(model: str | Location, input: str | Location, output: str | Location, *, overlay: bool = False,
                    layout: str = "auto", batch_size: int = 16, concurrency: int = 1, num_gpus: float = 0.0,
-                   overwrite: bool = False, address: str | None = None) -> PredictSummary:
+                   overwrite: bool = False, refine: bool = True, address: str | None = None) -> PredictSummary:
     """Predict every image of `input` (a data set of any layout, or a folder of images) into `output`.
 
     Everything is checked before Ray starts: the model file, the input, the output folder, and that the
@@ -294,12 +312,12 @@ def predict_folder(model: str | Location, input: str | Location, output: str | L
     input_, output = Location.of(input), Location.of(output)
     if not input_.exists():
         raise FileNotFoundError(f"--input {input_}: no such file or folder")
-    record = check_output(info, input_, output, overwrite)
+    record = check_output(info, input_, output, overwrite, refine)
     if input_.suffix.lower() in VIDEO_SUFFIXES:
         from faceseg.predict.video import predict_video
 
         return predict_video(info, input_, output, record, batch_size=batch_size, concurrency=concurrency,
-                             num_gpus=num_gpus, overwrite=overwrite, address=address)
+                             num_gpus=num_gpus, overwrite=overwrite, refine=refine, address=address)
     if input_.is_file():
         raise DatasetError(f"--input {input_}: a file that is not a video ({', '.join(VIDEO_SUFFIXES)}); "
                            "give a folder of images, a data set, or a video")
@@ -309,7 +327,7 @@ def predict_folder(model: str | Location, input: str | Location, output: str | L
                                    what=f"{concurrency} model actor(s)", flags="--concurrency / --num-gpus"))
 
     files = {s.prediction_name: s.image for s in source.samples}
-    start_output(info, input_, output, record, source.layout, files)
+    start_output(info, input_, output, record, source.layout, files, refine)
     done = [] if overwrite else [s for s in source.samples if (output / s.prediction_name).is_file()]
     done_names = {s.prediction_name for s in done}
     todo = [s for s in source.samples if s.prediction_name not in done_names]
@@ -322,7 +340,7 @@ def predict_folder(model: str | Location, input: str | Location, output: str | L
 
     confusion, failed, steady = ConfusionMatrix(info.taxonomy), [], 0.0
     if todo:
-        steady = _run_pipeline(todo, info, output, overlay, remap, batch_size, concurrency, num_gpus,
+        steady = _run_pipeline(todo, info, output, overlay, remap, refine, batch_size, concurrency, num_gpus,
                                share, confusion, failed)
     predicted = len(todo) - len(failed)
     if remap is not None:

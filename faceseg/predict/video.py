@@ -16,6 +16,8 @@ import numpy as np
 
 from faceseg.data.decode import BadFileError, encode_png, resize_image
 from faceseg.model.saved import ModelInfo
+from faceseg.parser import guide_image
+from faceseg.predict.job import object_column
 from faceseg.runtime import Needs, connect
 from faceseg.storage import LocalCopy, Location
 
@@ -47,12 +49,12 @@ def video_properties(video: Location) -> tuple[int, float, tuple[int, int]]:
     return count, fps, size
 
 
-def load_frames(batch: dict, video: str, size: int, frames_per_row: int) -> dict:
+def load_frames(batch: dict, video: str, size: int, frames_per_row: int, refine: bool = True) -> dict:
     """Rows of first-frame numbers -> one row per decoded frame: the model's input, the frame's size,
-    the frame at the overlay's height (`picture`), its number."""
+    the refinement's guide, the frame at the overlay's height (`picture`), its number."""
     from faceseg.predict.overlay import PANEL_HEIGHT, fit_height
 
-    pixels, pictures, targets, indices, errors = [], [], [], [], []
+    pixels, guides, pictures, targets, indices, errors = [], [], [], [], [], []
     with LocalCopy(Location.of(video)) as path:
         capture = cv2.VideoCapture(str(path))
         try:
@@ -64,6 +66,7 @@ def load_frames(batch: dict, video: str, size: int, frames_per_row: int) -> dict
                         break
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                     pixels.append(resize_image(rgb, size))
+                    guides.append(guide_image(rgb, *rgb.shape[:2], size) if refine else np.zeros((0, 0, 3), np.uint8))
                     pictures.append(fit_height(rgb, PANEL_HEIGHT))
                     targets.append(rgb.shape[:2])
                     indices.append(index)
@@ -71,7 +74,7 @@ def load_frames(batch: dict, video: str, size: int, frames_per_row: int) -> dict
         finally:
             capture.release()
     return {"pixels": np.array(pixels, np.uint8).reshape(-1, size, size, 3), "picture": np.array(pictures, np.uint8),
-            "target": np.array(targets, np.int32), "index": np.array(indices, np.int64),
+            "target": np.array(targets, np.int32), "index": np.array(indices, np.int64), "guide": object_column(guides),
             "error": np.array(errors, dtype=object)}
 
 
@@ -116,7 +119,7 @@ def _join_overlays(output: Location, frames: int, fps: float) -> Location:
 
 
 def predict_video(model: ModelInfo, video: Location, output: Location, record: dict | None, *, batch_size: int,
-                  concurrency: int, num_gpus: float, overwrite: bool, address: str | None):
+                  concurrency: int, num_gpus: float, overwrite: bool, refine: bool, address: str | None):
     import ray.data
 
     from faceseg.predict.job import PredictSummary, Predictor, start_output
@@ -126,7 +129,7 @@ def predict_video(model: ModelInfo, video: Location, output: Location, record: d
     share = connect(address, Needs(cpus=0.0 if num_gpus else concurrency, gpus=concurrency * num_gpus,
                                    what=f"{concurrency} model actor(s)", flags="--concurrency / --num-gpus"))
     files = {frame_name(i): f"{video}#frame={i}" for i in range(frames)}
-    start_output(model, video, output, record, "video", files)
+    start_output(model, video, output, record, "video", files, refine)
     done = set() if overwrite else {i for i in range(frames) if (output / frame_name(i)).is_file()}
     firsts = [first for first in range(0, frames, batch_size) if not set(range(first, min(first + batch_size, frames))) <= done]
     print(f"{video}: {frames} frames of {width}x{height} at {fps:g} fps; {len(done)} already predicted; "
@@ -135,9 +138,9 @@ def predict_video(model: ModelInfo, video: Location, output: Location, record: d
     if firsts:
         dataset = ray.data.from_items([{"first": f} for f in firsts], override_num_blocks=len(firsts))
         dataset = dataset.map_batches(load_frames, batch_size=1, fn_kwargs={
-            "video": str(video), "size": model.size, "frames_per_row": batch_size})
+            "video": str(video), "size": model.size, "frames_per_row": batch_size, "refine": refine})
         dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model": str(model.location),
-                                                                        "sha256": model.sha256},
+                                                                        "sha256": model.sha256, "refine": refine},
                                       batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
                                       num_gpus=num_gpus or None, num_cpus=None if num_gpus else share)
         dataset = dataset.map_batches(write_frames, batch_size=batch_size, fn_kwargs={

@@ -49,12 +49,16 @@ def _service_class():
             self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
         @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
-        async def forward(self, items: list[tuple[np.ndarray, tuple[int, int]]]) -> list[np.ndarray]:
+        async def forward(self, items: list[tuple[np.ndarray, tuple[int, int], np.ndarray | None]]) -> list[np.ndarray]:
             return await asyncio.to_thread(self._forward, items)
 
         def _forward(self, items):
-            probs = self.parser.probabilities(np.stack([pixels for pixels, _ in items]))
-            return [self.parser.label_map(probs[i], h, w) for i, (_, (h, w)) in enumerate(items)]
+            probs = self.parser.probabilities(np.stack([pixels for pixels, _, _ in items]))
+            return [self.parser.label_map(probs[i], h, w, guide) for i, (_, (h, w), guide) in enumerate(items)]
+
+        def _read(self, body: bytes):
+            pixels, (height, width), rgb = self.parser.read(body)
+            return pixels, (height, width), self.parser.guide(rgb, height, width)
 
         def _error(self, status: int, message: str) -> JSONResponse:
             return JSONResponse({"error": message}, status_code=status)
@@ -80,11 +84,11 @@ def _service_class():
             if len(body) > MAX_BODY_BYTES:
                 return self._error(413, f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
             try:
-                pixels, size = await asyncio.to_thread(self.parser.read, bytes(body))
+                item = await asyncio.to_thread(self._read, bytes(body))
             except BadFileError as error:
                 status = 413 if "more than" in error.reason else 400
                 return self._error(status, f"the body is not a usable image: {error.reason}")
-            ids = await self.forward((pixels, size))
+            ids = await self.forward(item)
             if request.query_params.get("format", "png") == "json":
                 counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
                 return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
