@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceseg.data.decode import decode_image, read_image, resize_image
+from faceseg.data.decode import decode_image, decode_image_and_detail, read_bytes, read_image, resize_image
 from faceseg.labels import Taxonomy
 from faceseg.model.saved import ModelInfo, inspect_model, load_keras_model
 from faceseg.storage import Location
@@ -163,23 +163,23 @@ class FaceParser:
         return self.taxonomy.names
 
     # --- the three steps, shared with the batch job and the Serve endpoint -----------------------------------
-    @property
-    def decode_size(self) -> int:
-        """The side a large JPEG is decoded to at least: the guide's when refining, else the model's grid."""
-        return self.size * REFINE_ZOOM if self.refine else self.size
-
     def read(self, image) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
-        """An RGB array, a file path/URI or encoded bytes -> ((S, S, 3) model input, original (H, W),
-        the decoded RGB photo at `decode_size` or more, for `guide`)."""
+        """An RGB array, a file path/URI or encoded bytes -> ((S, S, 3) model input, decoded as training
+        did; original (H, W); the RGB photo with enough pixels for `guide`)."""
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
                 raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
             return resize_image(image, self.size), image.shape[:2], image
-        if isinstance(image, (bytes, bytearray, memoryview)):
-            rgb, original = decode_image(np.frombuffer(image, np.uint8), "<bytes>", self.decode_size)
-        else:
-            rgb, original = read_image(str(image), self.decode_size)
-        return resize_image(rgb, self.size), original, rgb
+        bytes_ = isinstance(image, (bytes, bytearray, memoryview))
+        path = "<bytes>" if bytes_ else str(image)
+        data = np.frombuffer(image, np.uint8) if bytes_ else read_bytes(path)
+        rgb, detail, original = decode_image_and_detail(data, path, self.size, self.detail_size)
+        return resize_image(rgb, self.size), original, detail
+
+    @property
+    def detail_size(self) -> int:
+        """The side a large JPEG is decoded to at least for the guide (the model's grid if not refining)."""
+        return self.size * REFINE_ZOOM if self.refine else self.size
 
     def guide(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray | None:
         """What `label_map` refines an output of (height, width) with: the photo at guide_shape, or None."""

@@ -154,6 +154,16 @@ def read_image(path: str, size: int | None = None) -> tuple[np.ndarray, tuple[in
     return decode_image(read_bytes(path), path, size)
 
 
+def decode_image_and_detail(data: np.ndarray, path: str, size: int,
+                            detail_size: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """decode_image at `size` (what the model sees, decoded as training did) and at `detail_size` (for
+    edge refinement), decoding a second time only where the reduced JPEG decode would differ."""
+    image, original = decode_image(data, path, size)
+    if image.shape[:2] == tuple(original) or min(image.shape[:2]) >= detail_size:
+        return image, image, original
+    return image, decode_image(data, path, detail_size)[0], original
+
+
 def _read_grey_ids(path: str) -> np.ndarray:
     label = _decode(path, cv2.IMREAD_UNCHANGED, read_bytes(path))
     if label.ndim == 3:

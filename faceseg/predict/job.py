@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faceseg.data.decode import BadFileError, check_same_aspect, encode_png, read_image, read_label, resize_image
+from faceseg.data.decode import (BadFileError, check_same_aspect, decode_image_and_detail, encode_png, read_bytes,
+                                 read_image, read_label, resize_image)
 from faceseg.data.layouts import DatasetError, Sample, Source, discover, discover_images
 from faceseg.labels import Remap, Taxonomy, build_remap
 from faceseg.metrics import ConfusionMatrix, format_report
@@ -169,7 +170,8 @@ def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dic
         sample = Sample.from_row({key: column[i] for key, column in batch.items()})
         truth, guide = np.zeros((0, 0), np.uint8), np.zeros((0, 0, 3), np.uint8)
         try:
-            image, original = read_image(sample.image, size * REFINE_ZOOM if refine else size)
+            image, detail, original = decode_image_and_detail(read_bytes(sample.image), sample.image, size,
+                                                              size * REFINE_ZOOM if refine else size)
             pixels[i] = resize_image(image, size)
             target[i] = original
             if sample.has_label and remap is not None:
@@ -177,7 +179,7 @@ def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dic
                 check_same_aspect(original, truth.shape, sample.label_path)
                 target[i] = truth.shape               # scored at the ground truth's resolution
             if refine:
-                guide = guide_image(image, int(target[i][0]), int(target[i][1]), size)
+                guide = guide_image(detail, int(target[i][0]), int(target[i][1]), size)
             errors.append("")
         except BadFileError as error:
             errors.append(str(error))
