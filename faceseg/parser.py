@@ -36,6 +36,8 @@ BAND_BYTES = 64 << 20   # float32 probabilities resized at a time
 REFINE_ZOOM = 4         # the guide's long side: up to this many times the model's grid
 REFINE_RADIUS = 3       # the guided filter's window radius, in the model's grid pixels
 REFINE_EPS = 1e-4       # its regulariser, for colours in [0, 1]: smaller follows weaker edges
+REFINE_MIN_PROBABILITY = 0.1   # refinement picks only among the classes the model gave this much
+UNLIKELY = 1e3          # subtracted from the refined score of any other class (finite: resized after)
 
 
 def guide_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -94,13 +96,18 @@ def guided_filter(tf, guide, probs, low_shape, radius, eps):
 
 
 def refine_probabilities(tf, probs, guide, size):
-    """(S, S, C) probabilities and an (h, w, 3) uint8 guide -> (h, w, C) refined scores."""
+    """(S, S, C) probabilities and an (h, w, 3) uint8 guide -> (h, w, C) refined scores.
+
+    A pixel can only take a class the model itself gave at least REFINE_MIN_PROBABILITY there: where two
+    neighbouring classes share a colour (upper and lower lip), the filter alone would blend them."""
     shape = tf.shape(guide)[:2]
     long_side = tf.cast(tf.reduce_max(shape), tf.float32)
     scale = tf.minimum(1.0, size / long_side)           # the low grid: the model's, at the guide's aspect
     low_shape = tf.maximum(1, tf.cast(tf.round(tf.cast(shape, tf.float32) * scale), tf.int32))
     radius = tf.maximum(1, tf.cast(tf.round(REFINE_RADIUS * long_side * scale / size), tf.int32))
-    return guided_filter(tf, tf.cast(guide, tf.float32) / 255.0, probs, low_shape, radius, REFINE_EPS)
+    refined = guided_filter(tf, tf.cast(guide, tf.float32) / 255.0, probs, low_shape, radius, REFINE_EPS)
+    plain = tf.image.resize(probs[None], shape, method="bilinear")[0]
+    return refined - UNLIKELY * tf.cast(plain < REFINE_MIN_PROBABILITY, tf.float32)
 
 
 def resize_argmax_band(tf, probs, height, width, row0, rows):

@@ -68,6 +68,24 @@ def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
     assert (np.abs(unmoved.argmax(axis=1) - 26) <= 1).all()
 
 
+def test_refinement_keeps_a_thin_confident_class_that_shares_its_neighbours_colour():
+    import tensorflow as tf
+
+    from faceseg.parser import guided_filter, refine_probabilities
+
+    grid, side = 16, 64
+    lip = np.zeros((grid, grid), np.float32)
+    lip[:, 7:9] = 0.95                                                # a 2-column band, as an upper lip
+    probs = tf.constant(np.stack([1 - lip, lip], -1))
+    photo = tf.constant(np.full((side, side, 3), 150, np.uint8))      # lip and skin alike in colour
+    refined = np.argmax(refine_probabilities(tf, probs, photo, grid).numpy(), -1)
+    # Kept where the model left skin under REFINE_MIN_PROBABILITY (the middle 4 of the band's 8 pixels).
+    assert (refined[:, 30:34] == 1).all() and (refined[:, :28] == 0).all() and (refined[:, 36:] == 0).all()
+    # The filter alone averages the band away; the model's own probabilities keep it.
+    blended = guided_filter(tf, tf.cast(photo, tf.float32) / 255.0, probs, tf.constant([grid, grid]), 3, 1e-4)
+    assert (np.argmax(blended.numpy(), -1) == 0).all()
+
+
 def _png_header_claiming(width: int, height: int) -> bytes:
     """A PNG whose header says width x height, with one tiny (wrong) data chunk: a lying header."""
     def chunk(kind: bytes, data: bytes) -> bytes:
