@@ -17,7 +17,7 @@ keeps memory bounded for any output size (BAND_BYTES of float32 probabilities at
 Why refine: the model sees the photo at 128 or 256 px, the label map is wanted at the photo's size, and
 a bilinear resize of the probabilities puts class edges only as precisely as the model's grid. The guided
 filter (He, Sun and Tang, "Guided Image Filtering", ECCV 2010 / TPAMI 2013) makes the probabilities follow
-the photo's colour edges within a few grid pixels (benchmarks/results/real_photos.md, "Edge refinement").
+the photo's colour edges within a few grid pixels (benchmarks/results/real_photos_trials.md, sixth round).
 `refine=False` (`faceseg predict --no-refine`) gives the plain resize.
 """
 from __future__ import annotations
