@@ -416,7 +416,7 @@ def bench_predict_stages(work: Path, quick: bool) -> dict:
 
     from faceseg.data.decode import decode_image, decode_image_and_detail, encode_png, resize_image
     from faceseg.data.synth import render_face
-    from faceseg.parser import REFINE_ZOOM, guide_image, refine_probabilities, resize_argmax_band
+    from faceseg.parser import detail_size, guide_image, refine_probabilities, resize_argmax_band
 
     cv2.setNumThreads(1)
     n = SIZES["stage_images"][not quick]
@@ -437,7 +437,7 @@ def bench_predict_stages(work: Path, quick: bool) -> dict:
         graph_resize = _per_image_seconds(lambda p: band(tf.constant(p)).numpy(), probs)
 
         def decode_with_guide(data):
-            image, detail, _ = decode_image_and_detail(data, "x", 256, 256 * REFINE_ZOOM)
+            image, detail, _ = decode_image_and_detail(data, "x", 256, detail_size(256, True))
             return resize_image(image, 256), guide_image(detail, original, original, 256)
         decode_refined = _per_image_seconds(decode_with_guide, jpegs)
         guide = tf.constant(decode_with_guide(jpegs[0])[1])

@@ -40,6 +40,11 @@ REFINE_MIN_PROBABILITY = 0.1   # refinement picks only among the classes the mod
 UNLIKELY = 1e3          # subtracted from the refined score of any other class (finite: resized after)
 
 
+def detail_size(size: int, refine: bool) -> int:
+    """The side a large JPEG is decoded to at least for the guide (the model's grid if not refining)."""
+    return size * REFINE_ZOOM if refine else size
+
+
 def guide_shape(height: int, width: int, size: int) -> tuple[int, int]:
     """(H, W) of the guide for an output of (height, width): that shape, shrunk to a long side of at most
     REFINE_ZOOM x size."""
@@ -180,13 +185,8 @@ class FaceParser:
         bytes_ = isinstance(image, (bytes, bytearray, memoryview))
         path = "<bytes>" if bytes_ else str(image)
         data = np.frombuffer(image, np.uint8) if bytes_ else read_bytes(path)
-        rgb, detail, original = decode_image_and_detail(data, path, self.size, self.detail_size)
+        rgb, detail, original = decode_image_and_detail(data, path, self.size, detail_size(self.size, self.refine))
         return resize_image(rgb, self.size), original, detail
-
-    @property
-    def detail_size(self) -> int:
-        """The side a large JPEG is decoded to at least for the guide (the model's grid if not refining)."""
-        return self.size * REFINE_ZOOM if self.refine else self.size
 
     def guide(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray | None:
         """What `label_map` refines an output of (height, width) with: the photo at guide_shape, or None."""

@@ -27,7 +27,7 @@ from faceseg.labels import Remap, Taxonomy, build_remap
 from faceseg.metrics import ConfusionMatrix, format_report
 from faceseg.metrics.evaluate import read_prediction, write_report
 from faceseg.model.saved import ModelInfo, inspect_model
-from faceseg.parser import REFINE_ZOOM, guide_image
+from faceseg.parser import detail_size, guide_image
 from faceseg.runtime import Needs, connect, keep_freed_memory
 from faceseg.storage import Location
 
@@ -171,7 +171,7 @@ def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dic
         truth, guide = np.zeros((0, 0), np.uint8), np.zeros((0, 0, 3), np.uint8)
         try:
             image, detail, original = decode_image_and_detail(read_bytes(sample.image), sample.image, size,
-                                                              size * REFINE_ZOOM if refine else size)
+                                                              detail_size(size, refine))
             pixels[i] = resize_image(image, size)
             target[i] = original
             if sample.has_label and remap is not None:
