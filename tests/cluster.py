@@ -81,7 +81,9 @@ class RayNode:
         ports = [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
                  f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                  f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
-        low = 20000 + (self.gcs_port % 100) * 200 + (100 if self.head else 0)
+        # Worker ports below Linux's ephemeral range (32768-60999), where free_port's ports come from: a
+        # range reaching into it once took the object manager's port, and `ray start` refused to start.
+        low = 12000 + (self.gcs_port % 100) * 200 + (100 if self.head else 0)
         common = ["--block", f"--node-ip-address={NODE_IP}", f"--num-cpus={self.num_cpus:g}", "--disable-usage-stats",
                   f"--resources={json.dumps(self.resources)}", f"--min-worker-port={low}", f"--max-worker-port={low + 99}"]
         if self.head is None:
