@@ -414,9 +414,9 @@ def bench_predict_stages(work: Path, quick: bool) -> dict:
     has too few pixels, and resized to the guide) and graph work (the guided filter): both measured apart."""
     import tensorflow as tf
 
-    from faceseg.data.decode import decode_image, decode_image_and_detail, encode_png, resize_image
+    from faceseg.data.decode import decode_image, encode_png, resize_image
     from faceseg.data.synth import render_face
-    from faceseg.parser import detail_size, guide_image, refine_probabilities, resize_argmax_band
+    from faceseg.parser import decode_photo, guide_image, refine_probabilities, resize_argmax_band
 
     cv2.setNumThreads(1)
     n = SIZES["stage_images"][not quick]
@@ -437,8 +437,8 @@ def bench_predict_stages(work: Path, quick: bool) -> dict:
         graph_resize = _per_image_seconds(lambda p: band(tf.constant(p)).numpy(), probs)
 
         def decode_with_guide(data):
-            image, detail, _ = decode_image_and_detail(data, "x", 256, detail_size(256, True))
-            return resize_image(image, 256), guide_image(detail, original, original, 256)
+            pixels, _, detail = decode_photo(data, "x", 256, refine=True)
+            return pixels, guide_image(detail, original, original, 256)
         decode_refined = _per_image_seconds(decode_with_guide, jpegs)
         guide = tf.constant(decode_with_guide(jpegs[0])[1])
         refine = tf.function(lambda p, g: refine_probabilities(tf, p, g, 256))

@@ -40,9 +40,12 @@ REFINE_MIN_PROBABILITY = 0.1   # refinement picks only among the classes the mod
 UNLIKELY = 1e3          # subtracted from the refined score of any other class (finite: resized after)
 
 
-def detail_size(size: int, refine: bool) -> int:
-    """The side a large JPEG is decoded to at least for the guide (the model's grid if not refining)."""
-    return size * REFINE_ZOOM if refine else size
+def decode_photo(data: np.ndarray, path: str, size: int, refine: bool) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
+    """Encoded image bytes -> ((S, S, 3) model input, decoded and resized as training did; the original
+    (H, W); the photo with enough pixels for guide_image: up to REFINE_ZOOM x size when refining, a large
+    JPEG being decoded at a reduced scale, else the model's decode)."""
+    rgb, detail, original = decode_image_and_detail(data, path, size, size * REFINE_ZOOM if refine else size)
+    return resize_image(rgb, size), original, detail
 
 
 def guide_shape(height: int, width: int, size: int) -> tuple[int, int]:
@@ -182,11 +185,9 @@ class FaceParser:
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
                 raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
             return resize_image(image, self.size), image.shape[:2], image
-        bytes_ = isinstance(image, (bytes, bytearray, memoryview))
-        path = "<bytes>" if bytes_ else str(image)
-        data = np.frombuffer(image, np.uint8) if bytes_ else read_bytes(path)
-        rgb, detail, original = decode_image_and_detail(data, path, self.size, detail_size(self.size, self.refine))
-        return resize_image(rgb, self.size), original, detail
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            return decode_photo(np.frombuffer(image, np.uint8), "<bytes>", self.size, self.refine)
+        return decode_photo(read_bytes(str(image)), str(image), self.size, self.refine)
 
     def guide(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray | None:
         """What `label_map` refines an output of (height, width) with: the photo at guide_shape, or None."""

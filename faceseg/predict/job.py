@@ -20,14 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from faceseg.data.decode import (BadFileError, check_same_aspect, decode_image_and_detail, encode_png, read_bytes,
-                                 read_image, read_label, resize_image)
+from faceseg.data.decode import BadFileError, check_same_aspect, encode_png, read_bytes, read_image, read_label
 from faceseg.data.layouts import DatasetError, Sample, Source, discover, discover_images
 from faceseg.labels import Remap, Taxonomy, build_remap
 from faceseg.metrics import ConfusionMatrix, format_report
 from faceseg.metrics.evaluate import read_prediction, write_report
 from faceseg.model.saved import ModelInfo, inspect_model
-from faceseg.parser import detail_size, guide_image
+from faceseg.parser import decode_photo, guide_image
 from faceseg.runtime import Needs, connect, keep_freed_memory
 from faceseg.storage import Location
 
@@ -160,8 +159,8 @@ def object_column(items: list) -> np.ndarray:
 
 
 def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dict:
-    """Decode and resize as training did (and the refinement's guide), and read the ground truth; a bad
-    file gets its error message."""
+    """Decode and resize as training did (and, when refining, the guide at the output's size), and read the
+    ground truth; a bad file gets its error message (and empty arrays)."""
     n = len(batch["image"])
     pixels = np.zeros((n, size, size, 3), np.uint8)                       # (B, S, S, 3)
     target = np.zeros((n, 2), np.int32)                                   # (B, [H, W]) of the label map to write
@@ -170,9 +169,7 @@ def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dic
         sample = Sample.from_row({key: column[i] for key, column in batch.items()})
         truth, guide = np.zeros((0, 0), np.uint8), np.zeros((0, 0, 3), np.uint8)
         try:
-            image, detail, original = decode_image_and_detail(read_bytes(sample.image), sample.image, size,
-                                                              detail_size(size, refine))
-            pixels[i] = resize_image(image, size)
+            pixels[i], original, detail = decode_photo(read_bytes(sample.image), sample.image, size, refine)
             target[i] = original
             if sample.has_label and remap is not None:
                 truth = read_label(sample, remap)
@@ -185,8 +182,9 @@ def load_batch(batch: dict, size: int, remap: Remap | None, refine: bool) -> dic
             errors.append(str(error))
         truths.append(truth)
         guides.append(guide)
-    return {**batch, "pixels": pixels, "target": target, "truth": object_column(truths),
-            "guide": object_column(guides), "error": np.array(errors, dtype=object)}
+    loaded = {**batch, "pixels": pixels, "target": target, "truth": object_column(truths),
+              "error": np.array(errors, dtype=object)}
+    return {**loaded, "guide": object_column(guides)} if refine else loaded
 
 
 class Predictor:
@@ -203,15 +201,14 @@ class Predictor:
         self.ready_at = None   # wall clock when the first batch was through: start-up is over
 
     def __call__(self, batch: dict) -> dict:
-        pixels, guides = batch.pop("pixels"), batch.pop("guide")
+        pixels, guides = batch.pop("pixels"), batch.pop("guide", None)   # no guides: not refining
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         ids = [np.zeros((0, 0), np.uint8)] * len(pixels)
         if ok.any():
             probs = self.parser.probabilities(pixels[ok])
             for j, i in enumerate(np.flatnonzero(ok)):
                 height, width = (int(v) for v in batch["target"][i])
-                guide = guides[i] if self.parser.refine else None
-                ids[i] = self.parser.label_map(probs[j], height, width, guide)
+                ids[i] = self.parser.label_map(probs[j], height, width, None if guides is None else guides[i])
         warm = self.ready_at is not None
         self.ready_at = self.ready_at or time.time()
         return {**batch, "ids": object_column(ids), "model_ready_at": np.full(len(pixels), self.ready_at),

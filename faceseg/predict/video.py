@@ -66,16 +66,18 @@ def load_frames(batch: dict, video: str, size: int, frames_per_row: int, refine:
                         break
                     rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
                     pixels.append(resize_image(rgb, size))
-                    guides.append(guide_image(rgb, *rgb.shape[:2], size) if refine else np.zeros((0, 0, 3), np.uint8))
+                    if refine:
+                        guides.append(guide_image(rgb, *rgb.shape[:2], size))
                     pictures.append(fit_height(rgb, PANEL_HEIGHT))
                     targets.append(rgb.shape[:2])
                     indices.append(index)
                     errors.append("")
         finally:
             capture.release()
-    return {"pixels": np.array(pixels, np.uint8).reshape(-1, size, size, 3), "picture": np.array(pictures, np.uint8),
-            "target": np.array(targets, np.int32), "index": np.array(indices, np.int64), "guide": object_column(guides),
-            "error": np.array(errors, dtype=object)}
+    frames = {"pixels": np.array(pixels, np.uint8).reshape(-1, size, size, 3), "picture": np.array(pictures, np.uint8),
+              "target": np.array(targets, np.int32), "index": np.array(indices, np.int64),
+              "error": np.array(errors, dtype=object)}
+    return {**frames, "guide": object_column(guides)} if refine else frames
 
 
 def write_frames(batch: dict, output: str, taxonomy) -> dict:
