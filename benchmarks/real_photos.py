@@ -1,18 +1,18 @@
 """faceseg on real photos: FASSEG, held out by person, with the shipped recipe (configs/real-photos.yaml).
 
-    python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 5]
+    python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 3]
                                      [--set model.base_filters=24 ...]
 
 FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
-five folds, each holding out a fifth of the people (frontal photos are one person each; `pose_personneNN*`
-are person NN in both of their series). Each fold trains on the other people (with one more person's photos
-as the validation split that picks the best epoch), then `faceseg predict` scores the held-out people at
+three folds by default (the shipped report; `--folds 5` for five), each holding out a third of the people
+(frontal photos are one person each; `pose_personneNN*` are person NN in both of their series). Each fold
+trains on the other people (with one more person's photos as the validation split), then `faceseg predict` scores the held-out people at
 their label maps' own resolution. The report sums every fold's confusion matrix (docs/metrics.md) and
 keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
-`--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config or
---set other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
+`--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config,
+--set or --folds other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
 folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
@@ -110,7 +110,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(SHIPPED_CONFIG))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the config for every fold, as `faceseg train --set`")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--only-fold", type=int, help="run this fold alone")
     parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "real-photos"))
@@ -134,7 +134,9 @@ def main() -> int:
     from faceseg.storage import Location
 
     config = Path(args.config).resolve()
-    recipe = {"config": str(config), "set": args.set}        # what each fold trained with, checked by --rescore
+    # What each fold trained with, checked by --rescore: another fold count holds out other people under the
+    # same pred<k> names.
+    recipe = {"config": str(config), "set": args.set, "folds": args.folds}
     # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
     shipped = not args.set and config == SHIPPED_CONFIG
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
@@ -147,9 +149,15 @@ def main() -> int:
     seconds = 0.0                                   # train + predict, summed over the folds
     for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
         test, val, train = split_fold(groups, k)
-        fold = write_fold(data, work / f"fold{k}", test, val, train)
         run, pred = work / f"run{k}", work / f"pred{k}"
         record = work / f"fold{k}.json"          # the recipe and what training took, kept for --rescore
+        if args.rescore:                         # checked before the fold's layout is written again
+            if not record.is_file():
+                sys.exit(f"{record}: no record of fold {k}; train it first (without --rescore)")
+            trained = {key: json.loads(record.read_text()).get(key) for key in recipe}
+            if trained != recipe:
+                sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
+        fold = write_fold(data, work / f"fold{k}", test, val, train)
         if not args.rescore:
             shutil.rmtree(pred, ignore_errors=True)
             fold_start = time.time()
@@ -160,9 +168,6 @@ def main() -> int:
             record.write_text(json.dumps({**recipe, "train_seconds": train_seconds,
                                           "seconds": time.time() - fold_start}))
         fold_times = json.loads(record.read_text())
-        trained = {key: fold_times.get(key) for key in recipe}
-        if "config" in fold_times and trained != recipe:     # records before --set carry no recipe
-            sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
         train_seconds, seconds = fold_times["train_seconds"], seconds + fold_times["seconds"]
         scored = json.loads((pred / "report.json").read_text())
         source = discover(fold / "test")
