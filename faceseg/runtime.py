@@ -27,7 +27,9 @@ WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
 # Ray starts worker processes at nice 15 so that work cannot starve its control plane, and a job's
 # driver at 0. A train worker IS the training process, as this process is with --local: it runs at
 # nice 0 like a driver, while Ray Data tasks and Ray Train's helper actors stay at 15 and yield to it.
-TRAIN_WORKER_ENV = {"RAY_worker_niceness": "0"}
+# And a worker's print goes to its stdout only: Ray Train's print patch also sends it through the root
+# logger, which printed every line of the epoch table twice.
+TRAIN_WORKER_ENV = {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 RAY_DATA_LIMITS_REFRESH_S = 0.1
 CONNECT_TIMEOUT_S = float(os.environ.get("FACESEG_CONNECT_TIMEOUT_S", 30))
 DATA_CPUS = 1.0         # what Ray Data's read and decode tasks need free beside the workers

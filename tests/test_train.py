@@ -2,8 +2,11 @@
 and a split held in memory read from its files once."""
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import cli_env, tiny_config
 from faceseg.cli import main
 from faceseg.data.cache import Cache
 from faceseg.labels import HELEN
@@ -43,6 +46,24 @@ def test_two_workers_learn(trained_run):
     assert load_model(trained_run).output_shape == (None, 64, 64, 11)
     saved = yaml.safe_load((trained_run / "config.yaml").read_text())
     assert saved["scaling"]["num_workers"] == 2 and saved["data"]["size"] == 64
+
+
+def test_a_users_log_shows_the_epoch_table_once_without_per_report_lines(cache_dir, tmp_path):
+    """`faceseg train` in a user's shell (its own Ray runtime): the chief's table, each row once. Ray Train's
+    print patch printed every row twice, and each epoch added Ray Train's report line (every metric, from
+    every worker), TF's checkpoint-save line and Ray Data's progress bars of the train split's reader."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**tiny_config(cache_dir, epochs=2), "scaling": {"num_workers": 1}}))
+    done = subprocess.run([sys.executable, "-m", "faceseg", "train", "--config", str(config),
+                           "--output", str(tmp_path / "run")], env=cli_env(), capture_output=True, text=True,
+                          timeout=900)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "trained 2 epochs" in log
+    assert len(re.findall(r"epoch\s+loss\s+val_loss", log)) == 1, log[-4000:]
+    assert re.findall(r"RayTrainWorker pid=\d+\)\S*\s+(\d+)\s+-?\d+\.\d{4}\s", log) == ["1", "2"], log[-4000:]
+    for noise in ("Reporting training result", "Sharding callback duration", "split(1, equal=True)"):
+        assert noise not in log, noise
 
 
 def test_resume_continues_without_repeating_epochs(trained_run, tmp_path):

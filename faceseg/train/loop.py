@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -291,6 +292,7 @@ def train_loop(loop_config: dict, session) -> None:
     run = Location.of(loop_config["run"])
     taxonomy = Taxonomy(tuple(loop_config["classes"]))
     tf.get_logger().setLevel("ERROR")  # MWMS logs every collective at INFO
+    logging.getLogger("absl").setLevel(logging.WARNING)   # TF's checkpoint writer logs each save at INFO
     keras.backend.clear_session()      # --local runs may follow each other in one process
     keras.mixed_precision.set_global_policy(_precision_policy(config.train))
     strategy = session.strategy()

@@ -182,15 +182,22 @@ def ray_worker_loop(loop_config: dict) -> None:
     train_loop(loop_config, RaySession(Location.of(loop_config["run"])))
 
 
+def without_progress_bars(*datasets):
+    """The datasets training reads, quiet: the epoch table (and --local's tqdm bar) is the progress report,
+    and Ray Data's bars in a worker's log are lines of escape codes. A dataset runs with the DataContext
+    it was made with, so the setting goes there (this process's current context is left alone)."""
+    for dataset in datasets:
+        dataset.context.enable_progress_bars = False
+    return datasets
+
+
 def _fit_ray(loop_config: dict, config: Config, cache: Cache, train_data, run: Location, metric: str,
              cpu_share: float, callbacks=()) -> tuple[Location, Location]:
     """Ray Train: one worker per replica, MultiWorkerMirroredStrategy across them."""
-    import ray.data
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    # Workers print the epoch table; per-epoch Ray Data progress bars from every worker would bury it.
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    train_data, val_data = without_progress_bars(train_data, cache.dataset("val"))
     scaling = config.scaling
     resources = {"CPU": scaling.cpus_per_worker * cpu_share, **scaling.worker_resources}
     if scaling.use_gpu:
@@ -200,7 +207,7 @@ def _fit_ray(loop_config: dict, config: Config, cache: Cache, train_data, run: L
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                                resources_per_worker=resources),
-        datasets={"train": train_data, "val": cache.dataset("val")},
+        datasets={"train": train_data, "val": val_data},
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(
             name=CHECKPOINTS, storage_path=run.path if not run.is_local else run.uri,
@@ -237,13 +244,10 @@ def _root_cause(error: BaseException) -> str:
 
 
 def _fit_local(loop_config: dict, cache: Cache, train_data, run: Location, metric: str) -> tuple[Location, Location]:
-    import ray.data
-
     from faceseg.train.loop import train_loop
     from faceseg.train.session import LocalSession
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # tqdm shows the epoch's progress
-    session = LocalSession(train_data, cache.dataset("val"), run, metric)
+    session = LocalSession(*without_progress_bars(train_data, cache.dataset("val")), run, metric)
     train_loop(loop_config, session)
     kept = candidates(session.checkpoint_root)     # the newest first
     scores = [json.loads((c / MANIFEST_FILE).read_text())["metrics"][metric] for c in kept]

@@ -6,6 +6,7 @@ report each epoch. Everything else in the loop is shared by both modes.
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import logging
 import shutil
@@ -44,7 +45,10 @@ class RaySession:
         self.is_chief = self.world_rank == 0
         self.checkpoint_root = run / CHECKPOINTS      # Ray Train's storage_path / name
         self.restore_roots = (self.checkpoint_root, run / CHECKPOINTS / LOCAL)
-        for noisy in ("ray.train", "ray.data"):  # per-report and per-epoch INFO lines bury the table
+        # Per-report (every metric, each worker) and per-epoch INFO lines bury the table. Ray Train's report
+        # line comes from a logger named by its module's file path, outside the "ray.train" hierarchy.
+        reports = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+        for noisy in ("ray.train", "ray.data", reports.origin if reports else None):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
     def strategy(self) -> tf.distribute.Strategy:
