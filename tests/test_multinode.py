@@ -84,7 +84,7 @@ def test_train_predict_and_sweep_on_two_nodes_with_every_file_in_the_bucket(clus
     # progress-bar lines did not. (Each worker line comes twice here: this machine's two nodes share one log
     # folder, so both nodes' log monitors send it; test_train checks the table is printed once.)
     assert re.search(r"epoch\s+loss\s+val_loss", log), log[-3000:]
-    for noise in ("Reporting training result", "Sharding callback duration", "split(2, equal=True)"):
+    for noise in ("Reporting training result", "Sharding callback duration", "split(2, equal=True): Tasks"):
         assert noise not in log, (noise, log[-3000:])
     run = s3.keys("runs/r1/")
     for name in ("config.yaml", "metrics.jsonl", "model.keras", "cache/manifest.json"):
