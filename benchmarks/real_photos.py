@@ -6,8 +6,8 @@
 FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
 three folds by default (the shipped report; `--folds 5` for five), each holding out a third of the people
 (frontal photos are one person each; `pose_personneNN*` are person NN in both of their series). Each fold
-trains on the other people (with one more person's photos as the validation split), then `faceseg predict` scores the held-out people at
-their label maps' own resolution. The report sums every fold's confusion matrix (docs/metrics.md) and
+trains on the other people (with one more person's photos as the validation split), then `faceseg predict`
+scores the held-out people at their label maps' own resolution. The report sums every fold's confusion matrix (docs/metrics.md) and
 keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
@@ -154,7 +154,8 @@ def main() -> int:
         if args.rescore:                         # checked before the fold's layout is written again
             if not record.is_file():
                 sys.exit(f"{record}: no record of fold {k}; train it first (without --rescore)")
-            trained = {key: json.loads(record.read_text()).get(key) for key in recipe}
+            fold_times = json.loads(record.read_text())
+            trained = {key: fold_times.get(key) for key in recipe}
             if trained != recipe:
                 sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
         fold = write_fold(data, work / f"fold{k}", test, val, train)
@@ -165,9 +166,8 @@ def main() -> int:
                     "--data", str(fold), "--output", str(run), "--overwrite", "--local")
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
-            record.write_text(json.dumps({**recipe, "train_seconds": train_seconds,
-                                          "seconds": time.time() - fold_start}))
-        fold_times = json.loads(record.read_text())
+            fold_times = {**recipe, "train_seconds": train_seconds, "seconds": time.time() - fold_start}
+            record.write_text(json.dumps(fold_times))
         train_seconds, seconds = fold_times["train_seconds"], seconds + fold_times["seconds"]
         scored = json.loads((pred / "report.json").read_text())
         source = discover(fold / "test")
