@@ -205,6 +205,44 @@ def test_onnx_export(trained_run, tmp_path, sample_batch, keras_ids):
     assert ids.dtype == np.uint8 and _agreement(ids, keras_ids) >= 0.999
 
 
+def test_a_bilinear_upsampling_model_exports_to_every_format(tmp_path, sample_batch):
+    """configs/real-photos.yaml builds its decoder from UpSampling2D (bilinear) + Conv2D; each format must
+    compute what Keras does (the tests above use transposed convolutions)."""
+    import onnxruntime
+    import tensorflow as tf
+
+    from faceseg.config import ModelConfig
+    from faceseg.model.saved import MODEL_FILE, add_metadata
+    from faceseg.model.unet import build_unet
+
+    tf.keras.utils.set_random_seed(0)
+    model = build_unet(ModelConfig(depth=3, base_filters=8, upsampling="resize"), 64, 6)
+    path = tmp_path / MODEL_FILE
+    model.save(str(path), save_format="keras_v3")
+    add_metadata(path, {"classes": ["background", "skin", "hair", "eyes", "nose", "mouth"], "size": 64})
+    expected = np.argmax(model.predict(sample_batch, verbose=0), axis=-1).astype(np.uint8)
+    assert len(np.unique(expected)) > 1                       # random weights still give several classes
+
+    assert main(["export", str(path), "--format", "saved_model", "--output", str(tmp_path / "saved")]) == 0
+    signature = tf.saved_model.load(str(tmp_path / "saved")).signatures["serving_default"]
+    assert _agreement(signature(image=tf.constant(sample_batch))["class_ids"].numpy(), expected) >= 0.999
+
+    assert main(["export", str(path), "--format", "tflite", "--output", str(tmp_path / "m.tflite")]) == 0
+    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
+    interpreter.allocate_tensors()
+    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    ids = []
+    for image in sample_batch:
+        interpreter.set_tensor(given["index"], image[None])
+        interpreter.invoke()
+        ids.append(interpreter.get_tensor(taken["index"])[0])
+    assert _agreement(np.stack(ids), expected) >= 0.999
+
+    assert main(["export", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert _agreement(session.run(None, {session.get_inputs()[0].name: sample_batch})[0], expected) >= 0.999
+
+
 def test_video_frames_go_through_the_batch_job(trained_run, parser, tmp_path):
     clip = tmp_path / "clip.mp4"
     writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (96, 96))
