@@ -178,20 +178,25 @@ def test_saved_model_export_serves_uint8_in_ids_out(trained_run, tmp_path, sampl
     assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 2   # no clobber
 
 
-def test_tflite_export(trained_run, tmp_path, sample_batch, keras_ids):
+def _tflite_ids(path, batch: np.ndarray) -> np.ndarray:
+    """Class ids from a TFLite export, one image a call (its input is (1, S, S, 3))."""
     import tensorflow as tf
 
-    out = tmp_path / "model.tflite"
-    assert main(["export", str(trained_run), "--format", "tflite", "--output", str(out)]) == 0
-    interpreter = tf.lite.Interpreter(model_path=str(out))
+    interpreter = tf.lite.Interpreter(model_path=str(path))
     interpreter.allocate_tensors()
     given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     ids = []
-    for image in sample_batch:
+    for image in batch:
         interpreter.set_tensor(given["index"], image[None])
         interpreter.invoke()
         ids.append(interpreter.get_tensor(taken["index"])[0])
-    assert _agreement(np.stack(ids), keras_ids) >= 0.999
+    return np.stack(ids)
+
+
+def test_tflite_export(trained_run, tmp_path, sample_batch, keras_ids):
+    out = tmp_path / "model.tflite"
+    assert main(["export", str(trained_run), "--format", "tflite", "--output", str(out)]) == 0
+    assert _agreement(_tflite_ids(out, sample_batch), keras_ids) >= 0.999
     assert (tmp_path / "model.classes.txt").read_text().split()[0] == "bg"
 
 
@@ -228,15 +233,7 @@ def test_a_bilinear_upsampling_model_exports_to_every_format(tmp_path, sample_ba
     assert _agreement(signature(image=tf.constant(sample_batch))["class_ids"].numpy(), expected) >= 0.999
 
     assert main(["export", str(path), "--format", "tflite", "--output", str(tmp_path / "m.tflite")]) == 0
-    interpreter = tf.lite.Interpreter(model_path=str(tmp_path / "m.tflite"))
-    interpreter.allocate_tensors()
-    given, taken = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    ids = []
-    for image in sample_batch:
-        interpreter.set_tensor(given["index"], image[None])
-        interpreter.invoke()
-        ids.append(interpreter.get_tensor(taken["index"])[0])
-    assert _agreement(np.stack(ids), expected) >= 0.999
+    assert _agreement(_tflite_ids(tmp_path / "m.tflite", sample_batch), expected) >= 0.999
 
     assert main(["export", str(path), "--format", "onnx", "--output", str(tmp_path / "m.onnx")]) == 0
     session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
