@@ -7,8 +7,8 @@ FASSEG's multi-pose photos repeat each person in 26 poses, so images are split b
 three folds by default (the shipped report; `--folds 5` for five), each holding out a third of the people
 (frontal photos are one person each; `pose_personneNN*` are person NN in both of their series). Each fold
 trains on the other people (with one more person's photos as the validation split), then `faceseg predict`
-scores the held-out people at their label maps' own resolution. The report sums every fold's confusion matrix (docs/metrics.md) and
-keeps each fold's figures; a few held-out overlays go to docs/images/.
+scores the held-out people at their label maps' own resolution. The report sums every fold's confusion
+matrix (docs/metrics.md) and keeps each fold's figures; a few held-out overlays go to docs/images/.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
 `--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config,
