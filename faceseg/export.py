@@ -2,9 +2,11 @@
 
 - saved_model: TF Serving's format. Its `serving_default` signature takes `image`, a uint8 batch of RGB
   images of any size (B, H, W, 3), resizes it to the model's grid, and returns `class_ids`, uint8
-  (B, H, W) at the input's size (probabilities resized bilinearly, then argmax, as faceseg predict does).
+  (B, H, W) at the input's size, with class edges refined along the photo's as faceseg predict does
+  (faceseg/parser.py); its `plain` signature skips the refinement (`faceseg predict --no-refine`).
 - tflite: for phones; a fixed (1, S, S, 3) uint8 input at the model's grid size S, (1, S, S) uint8 ids.
 - onnx: through tf2onnx, (N, S, S, 3) uint8 in, (N, S, S) uint8 ids out.
+TFLite and ONNX see only the model's grid, not the photo, so they do not refine.
 The class names travel beside each export as `classes.txt` (one a line, id = line number - 1).
 """
 from __future__ import annotations
@@ -35,6 +37,31 @@ def _ids_function(tf, model, size: int, any_size: bool):
     return class_ids
 
 
+def _refined_ids_function(tf, model, size: int):
+    """uint8 images of any size -> uint8 class ids at that size, refined as FaceParser refines: the batch
+    resized to the grid, its probabilities refined along a guide (the batch at guide_shape), resized back."""
+    from faceseg.parser import REFINE_ZOOM, refine_probabilities
+
+    def class_ids(image):
+        height, width = tf.shape(image)[1], tf.shape(image)[2]
+        pixels = tf.cast(image, tf.float32)
+        x = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True)
+        probs = tf.nn.softmax(tf.cast(model(tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8),
+                                            training=False), tf.float32))
+        shape = tf.cast(tf.stack([height, width]), tf.float32)                     # guide_shape, in the graph
+        guide_size = tf.maximum(1, tf.cast(tf.round(shape * tf.minimum(1.0, REFINE_ZOOM * size
+                                                                         / tf.reduce_max(shape))), tf.int32))
+        guides = tf.image.resize(pixels, guide_size, method="bilinear", antialias=True)
+        guides = tf.cast(tf.clip_by_value(tf.round(guides), 0.0, 255.0), tf.uint8)
+
+        def one(args):
+            scores = refine_probabilities(tf, args[0], args[1], size)
+            scores = tf.image.resize(scores[None], (height, width), method="bilinear")[0]
+            return tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
+        return tf.map_fn(one, (probs, guides), fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+    return class_ids
+
+
 def export(run: str | Location, format: str, output: str | Location, *, overwrite: bool = False) -> Location:
     """Export the model of `run` (a run folder or .keras file) as `format` to `output`."""
     if format not in FORMATS:
@@ -51,12 +78,14 @@ def export(run: str | Location, format: str, output: str | Location, *, overwrit
     with tempfile.TemporaryDirectory(prefix="faceseg-export-") as scratch:
         built = Path(scratch) / target.name
         if format == "saved_model":
-            ids = _ids_function(tf, model, info.size, any_size=True)
-            serve = tf.function(lambda image: {"class_ids": ids(image)},
-                                input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")])
+            images = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")]
+            refined, plain = _refined_ids_function(tf, model, info.size), _ids_function(tf, model, info.size, True)
             module = tf.Module()
-            module.model, module.serve = model, serve     # tracked: the variables and the function
-            tf.saved_model.save(module, str(built), signatures={"serving_default": serve})
+            module.model = model                          # tracked: the variables
+            module.serve = tf.function(lambda image: {"class_ids": refined(image)}, input_signature=images)
+            module.plain = tf.function(lambda image: {"class_ids": plain(image)}, input_signature=images)
+            tf.saved_model.save(module, str(built), signatures={"serving_default": module.serve,
+                                                                "plain": module.plain})
             (built / "assets").mkdir(exist_ok=True)
             (built / "assets" / "classes.txt").write_text(classes)
         elif format == "tflite":
