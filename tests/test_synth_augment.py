@@ -93,3 +93,21 @@ def test_augment_is_reproducible_for_a_seed():
     a = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
     b = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
     assert (a[0].numpy() == b[0].numpy()).all() and (a[1].numpy() == b[1].numpy()).all()
+
+
+def test_geometric_scale_range_is_train_augment_scale():
+    """A centred 24-px square's area after the warp is scale^2 times its own: within 1 +- 0.2 by default,
+    and reaching past it with train.augment_scale 0.4 (the real-photos recipe's)."""
+    masks = np.zeros((256, 64, 64), np.uint8)
+    masks[:, 20:44, 20:44] = 1
+    images = tf.constant(np.repeat(masks[..., None], 3, axis=3) * 200)
+
+    def area_ratios(scale_range):
+        gen = tf.random.Generator.from_seed(3)
+        kwargs = {} if scale_range is None else {"scale_range": scale_range}
+        warped = augment_batch(images, tf.constant(masks), "geometric", FLIP_LUT, gen, **kwargs)[1].numpy()
+        return (warped == 1).sum(axis=(1, 2)) / (24 * 24)
+
+    default, wide = area_ratios(None), area_ratios(0.4)
+    assert 0.8**2 - 0.05 < default.min() and default.max() < 1.2**2 + 0.05
+    assert 0.6**2 - 0.05 < wide.min() < 0.8**2 - 0.05 and 1.2**2 + 0.05 < wide.max() < 1.4**2 + 0.05

@@ -186,3 +186,18 @@ def test_flipped_batches_mirror_images_and_swap_sides(cache_dir, hold):
                 np.testing.assert_array_equal(mask, by_mirror[key])
     assert seen == 216
     assert 0.3 < mirrored / seen < 0.7
+
+
+def test_geometric_batches_are_warped_by_train_augment_scale(cache_dir):
+    """The scale range reaches the warp: zooming out down to 0.6 uncovers more black border over an epoch
+    than no scaling at all (the sizes themselves: tests/test_synth_augment.py)."""
+    cache = Cache.open(cache_dir)
+
+    def black_share(scale_range):
+        dataset = make_train_dataset(cache.dataset("train"), 8, "geometric", HELEN.flip_lut, seed=3, hold=True,
+                                     size=64, scale_range=scale_range)
+        images = np.concatenate([images for images, _ in dataset.as_numpy_iterator()])
+        return float((images.max(axis=3) == 0).mean())
+
+    fixed, wide = black_share(0.0), black_share(0.4)
+    assert wide > fixed + 0.05, (fixed, wide)

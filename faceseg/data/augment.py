@@ -7,6 +7,8 @@ for the input side on a CPU, where TensorFlow's reverse/where/gather cost ten ti
 (benchmarks/results/design.md); inside a train step on a GPU the TensorFlow ops run.
 
 Levels: none < flip < geometric (flip + scale/rotate/translate) < full (geometric + photometric).
+The scale range is the one setting (train.augment_scale): 1 +- 0.2 by default; wider teaches faces framed
+smaller or larger than the training photos' (benchmarks/results/real_photos_trials.md, twelfth round).
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
 """
 from __future__ import annotations
@@ -65,11 +67,12 @@ def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray,
     return out_images, out_masks
 
 
-def _affine(images, masks, gen: tf.random.Generator):
-    """Random scale 0.8-1.2, rotation +-15 deg, shift +-8%, about the image centre."""
+def _affine(images, masks, gen: tf.random.Generator, scale_range: float):
+    """Random scale 1 +- scale_range, rotation +-15 deg, shift +-8%, about the image centre; what a zoom out
+    uncovers is black, labelled class 0."""
     b = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
-    scale = gen.uniform([b], 0.8, 1.2)
+    scale = gen.uniform([b], 1.0 - scale_range, 1.0 + scale_range)
     angle = gen.uniform([b], -15.0, 15.0) * (math.pi / 180.0)
     shift = gen.uniform([b, 2], -0.08, 0.08) * size
     # The transform maps OUTPUT pixel coordinates to INPUT ones, hence the inverse rotation and scale.
@@ -109,7 +112,8 @@ def _photometric(images, gen: tf.random.Generator):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True):
+def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True,
+                  scale_range: float = 0.2):
     """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
 
     `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut). `flip=False`: the
@@ -121,7 +125,7 @@ def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator,
     if flip:
         images, masks = _flip(images, masks, flip_lut, gen)
     if level in ("geometric", "full"):
-        x, masks = _affine(tf.cast(images, tf.float32), masks, gen)
+        x, masks = _affine(tf.cast(images, tf.float32), masks, gen, scale_range)
         if level == "full":
             x = _photometric(x, gen)
         images = tf.cast(tf.round(x), tf.uint8)
