@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zoom", type=float, nargs="+", default=[0.6, 0.8, 1.0, 1.25])
     args = parser.parse_args(argv)
 
+    from faceseg.metrics.confusion import ConfusionMatrix
     from faceseg.parser import FaceParser
 
     folds = sorted(int(p.name[3:]) for p in args.work.glob("run[0-9]*") if (p / "model.keras").is_file())
@@ -54,32 +55,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--work {args.work}: no run<k>/model.keras; run benchmarks/real_photos.py first")
     kinds = [(border, zoom) for border in BORDERS for zoom in args.zoom if zoom < 1] \
         + [("-", zoom) for zoom in args.zoom if zoom >= 1]
-    counts = {}                                   # (border, zoom, frontal) -> [right, scored]
+    matrices = {}                                 # (border, zoom, "frontal" or "pose") -> ConfusionMatrix
     for fold in folds:
         model = FaceParser.load(args.work / f"run{fold}")
         for image_path in sorted((args.work / f"fold{fold}" / "test" / "images").iterdir()):
             label = cv2.imread(str(args.work / f"fold{fold}" / "test" / "labels" / f"{image_path.stem}.png"),
                                cv2.IMREAD_GRAYSCALE)
             image = cv2.cvtColor(cv2.imread(str(image_path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            kind = "frontal" if image_path.stem.startswith("frontal") else "pose"
             for border, zoom in kinds:
                 framed, truth = reframe(image, label, zoom, border)
                 ids, scored = model(framed), truth != NOT_SCORED
-                count = counts.setdefault((border, zoom, image_path.stem.startswith("frontal")), [0, 0])
-                count[0] += int((ids[scored] == truth[scored]).sum())
-                count[1] += int(scored.sum())
+                matrices.setdefault((border, zoom, kind), ConfusionMatrix(model.taxonomy)) \
+                    .add(truth[scored][None], ids[scored][None])
         print(f"fold {fold} done", flush=True)
 
-    def accuracy(border, zoom, frontal=None):
-        parts = [counts.get((border, zoom, f), [0, 0]) for f in ((True, False) if frontal is None else (frontal,))]
-        scored = sum(p[1] for p in parts)
-        return f"{100 * sum(p[0] for p in parts) / scored:.2f}" if scored else "-"
+    def accuracy(border, zoom, kinds=("frontal", "pose")):
+        found = [matrices[border, zoom, kind] for kind in kinds if (border, zoom, kind) in matrices]
+        if not found:
+            return "-"
+        pooled = ConfusionMatrix(found[0].taxonomy)
+        for matrix in found:
+            pooled.merge(matrix)
+        return f"{100 * pooled.pixel_accuracy():.2f}"
 
     print(f"\n{args.work}: pixel accuracy %, folds {', '.join(map(str, folds))}\n")
     print("| framing | border | all | frontal | pose |\n|---|---|---|---|---|")
     for border, zoom in kinds:
         framing = "as taken" if zoom == 1 else f"zoomed out to {zoom:g}" if zoom < 1 else f"cropped to 1/{zoom:g}"
-        print(f"| {framing} | {border} | {accuracy(border, zoom)} | {accuracy(border, zoom, True)} | "
-              f"{accuracy(border, zoom, False)} |")
+        print(f"| {framing} | {border} | {accuracy(border, zoom)} | {accuracy(border, zoom, ['frontal'])} | "
+              f"{accuracy(border, zoom, ['pose'])} |")
     return 0
 
 

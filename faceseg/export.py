@@ -22,15 +22,24 @@ FORMATS = ("saved_model", "tflite", "onnx")
 ONNX_OPSET = 17
 
 
+def _resized(tf, pixels, shape):
+    """float32 images resized to `shape` (TensorFlow's antialiased bilinear), as uint8 model input."""
+    x = tf.image.resize(pixels, shape, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+
+
+def _probabilities(tf, model, images):
+    return tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+
+
 def _ids_function(tf, model, size: int, any_size: bool):
     """uint8 images -> uint8 class ids, the model's argmax; with `any_size`, resized in and back out."""
     def class_ids(image):
         x = image
         if any_size:
             height, width = tf.shape(image)[1], tf.shape(image)[2]
-            x = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
-            x = tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
-        probs = tf.nn.softmax(tf.cast(model(x, training=False), tf.float32))
+            x = _resized(tf, tf.cast(image, tf.float32), (size, size))
+        probs = _probabilities(tf, model, x)
         if any_size:
             probs = tf.image.resize(probs, (height, width), method="bilinear")
         return tf.cast(tf.argmax(probs, axis=-1), tf.uint8)
@@ -45,14 +54,11 @@ def _refined_ids_function(tf, model, size: int):
     def class_ids(image):
         height, width = tf.shape(image)[1], tf.shape(image)[2]
         pixels = tf.cast(image, tf.float32)
-        x = tf.image.resize(pixels, (size, size), method="bilinear", antialias=True)
-        probs = tf.nn.softmax(tf.cast(model(tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8),
-                                            training=False), tf.float32))
+        probs = _probabilities(tf, model, _resized(tf, pixels, (size, size)))
         shape = tf.cast(tf.stack([height, width]), tf.float32)                     # guide_shape, in the graph
         guide_size = tf.maximum(1, tf.cast(tf.round(shape * tf.minimum(1.0, REFINE_ZOOM * size
                                                                          / tf.reduce_max(shape))), tf.int32))
-        guides = tf.image.resize(pixels, guide_size, method="bilinear", antialias=True)
-        guides = tf.cast(tf.clip_by_value(tf.round(guides), 0.0, 255.0), tf.uint8)
+        guides = _resized(tf, pixels, guide_size)
 
         def one(args):
             scores = refine_probabilities(tf, args[0], args[1], size)

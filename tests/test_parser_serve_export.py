@@ -184,7 +184,7 @@ def test_saved_model_export_serves_uint8_in_ids_out(trained_run, parser, synth_d
     expected = np.stack([parser(photo) for photo in photos])
     assert _agreement(refined, expected) >= 0.995
     assert _agreement(refined, expected) - _agreement(unrefined, expected) >= 0.01   # not the plain resize
-    assert (out / "assets" / "classes.txt").read_text().split() == list(FaceParser.load(trained_run).classes)
+    assert (out / "assets" / "classes.txt").read_text().split() == list(parser.classes)
     assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 2   # no clobber
 
 
