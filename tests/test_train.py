@@ -37,6 +37,7 @@ def test_two_workers_learn(trained_run):
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert METRIC_KEYS <= set(rows[0])
     assert rows[-1]["loss"] < rows[0]["loss"]                                  # the loss falls
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]                          # on held-out faces too
     assert max(r["val_f1_overall"] for r in rows[1:]) > rows[0]["val_f1_overall"]   # and val F1 rises
     # equal shards of 216 / 2 = 108 rows; a worker reads 4 x 2 rows a batch, 13 batches, 2 steps each
     assert rows[0]["steps"] == 26
