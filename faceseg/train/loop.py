@@ -76,19 +76,25 @@ class StreamedBatches:
 def read_shard(shard, flip_lut: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor]:
     """The whole shard as two tensors, (N, S, S, 3) images and (N, S, S) masks, read once. With `flip_lut`,
     rows N..2N-1 hold rows 0..N-1 mirrored (left/right classes swapped): a flipped batch is then a plain
-    gather, as cheap as an unflipped one, for twice the memory."""
+    gather, as cheap as an unflipped one, for twice the memory.
+
+    Ray Data hands the rows over in the order its read tasks finish, which changes from run to run; with a
+    "name" column the rows are held sorted by name, so that a seed deals the same batches every run."""
     chunks = list(shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"))
     count = sum(len(chunk["image"]) for chunk in chunks)
     if not count:
         raise ValueError("this worker's share of the train split is empty: fewer train images than workers")
+    position = np.arange(count)                  # where each row, as read, is held
+    if "name" in chunks[0]:
+        position[np.argsort(np.concatenate([chunk["name"] for chunk in chunks]), kind="stable")] = np.arange(count)
     copies = 1 if flip_lut is None else 2
     images = np.empty((copies * count, *chunks[0]["image"].shape[1:]), np.uint8)
     masks = np.empty((copies * count, *chunks[0]["mask"].shape[1:]), np.uint8)
     start = 0
     for chunk in chunks:
-        images[start:start + len(chunk["image"])] = chunk["image"]
-        masks[start:start + len(chunk["mask"])] = chunk["mask"]
-        start += len(chunk["image"])
+        rows = position[start:start + len(chunk["image"])]
+        images[rows], masks[rows] = chunk["image"], chunk["mask"]
+        start += len(rows)
     del chunks
     if flip_lut is not None:
         mirror_into(images[:count], masks[:count], flip_lut, images[count:], masks[count:])

@@ -153,14 +153,16 @@ def ensure_cache(config: Config, run: Location, plan) -> Cache:
 def repeat_rows(batch: dict, times: dict[str, int]) -> dict:
     """Ray Data map_batches: each row whose name is in `times` that many times, the others once."""
     counts = np.array([times.get(str(name), 1) for name in batch["name"]])
-    return {key: np.repeat(column, counts, axis=0) for key, column in batch.items() if key != "name"}
+    return {key: np.repeat(column, counts, axis=0) for key, column in batch.items()}
 
 
 def train_split(cache: Cache, repeat: dict[str, int]):
     """(Ray Dataset, rows) of the train split, each image whose name matches a `train.repeat` glob in it as
     many times as the largest matching pattern says; prints what each pattern matched."""
+    # "name" rides along so that a held shard can put its rows in a fixed order (loop.read_shard).
+    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"))
     if not repeat:
-        return cache.dataset("train"), cache.count("train")
+        return dataset, cache.count("train")
     names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
     times: dict[str, int] = {}
     for pattern, count in repeat.items():
@@ -171,7 +173,6 @@ def train_split(cache: Cache, repeat: dict[str, int]):
               + ("" if hits else "; nothing repeated (image names are file stems, e.g. " + repr(names[0]) + ")"),
               flush=True)
     rows = sum(times.get(name, 1) for name in names)
-    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"))
     return dataset.map_batches(repeat_rows, batch_format="numpy", fn_kwargs={"times": times}), rows
 
 
