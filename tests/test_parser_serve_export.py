@@ -182,7 +182,9 @@ def test_saved_model_export_serves_uint8_in_ids_out(trained_run, parser, synth_d
     unrefined = signatures["plain"](image=tf.constant(np.stack(photos)))["class_ids"].numpy()
     assert refined.shape == (4, 192, 256) and refined.dtype == np.uint8
     expected = np.stack([parser(photo) for photo in photos])
-    assert _agreement(refined, expected) >= 0.995
+    # Not to the pixel: the graph resizes scores whole and with TF's kernels; how many near-ties that moves
+    # depends on the test model (99.84, 99.61, 99.43% on three of its runs; the plain resize: 96.0-97.4%).
+    assert _agreement(refined, expected) >= 0.99
     assert _agreement(refined, expected) - _agreement(unrefined, expected) >= 0.01   # not the plain resize
     assert (out / "assets" / "classes.txt").read_text().split() == list(parser.classes)
     assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 2   # no clobber
