@@ -1,7 +1,7 @@
 """faceseg on real photos: FASSEG, held out by person, with the shipped recipe (configs/real-photos.yaml).
 
     python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 3]
-                                     [--set model.base_filters=24 ...]
+                                     [--hold-out people|frontal] [--set model.base_filters=24 ...]
 
 FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
 three folds by default (the shipped report; `--folds 5` for five), each holding out a third of the people
@@ -10,9 +10,14 @@ trains on the other people (with one more person's photos as the validation spli
 scores the held-out people at their label maps' own resolution. The report sums every fold's confusion
 matrix (docs/metrics.md) and keeps each fold's figures; a few held-out overlays go to docs/images/.
 
+`--hold-out frontal` holds out only the 20 frontal people (one photo each) in `--folds` groups and trains every
+fold on all 7 multi-pose people as well: each model learns from all but a few people, as the shipped recipe
+run on the whole data set does, and is scored on frontal photos of people it never saw, as the published
+figures are. It writes real_photos_frontal.{json,md} and no overlays.
+
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
 `--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config,
---set or --folds other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
+--set, --folds or --hold-out other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
 folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
@@ -67,16 +72,27 @@ def write_fold(data: Path, out: Path, test: list[str], val: list[str], train: li
     return out
 
 
-def split_fold(groups: list[list[str]], k: int) -> tuple[list[str], list[str], list[str]]:
-    """(test, val, train) of fold k: the k-th group is held out; one person of the others validates."""
+def split_fold(groups: list[list[str]], k: int, always_train: tuple[str, ...] = ()
+               ) -> tuple[list[str], list[str], list[str]]:
+    """(test, val, train) of fold k: the k-th group is held out; one multi-pose person of the other groups
+    (if they hold any) and two frontal people validate; `always_train` photos are in no group and train."""
     test = groups[k]
     rest = sorted(n for g, names in enumerate(groups) if g != k for n in names)
     pose_people = sorted({person_of(n) for n in rest if n.startswith("pose_")})
-    val_person = pose_people[k % len(pose_people)]
-    val = [n for n in rest if person_of(n) == val_person]
+    val = [n for n in rest if pose_people and person_of(n) == pose_people[k % len(pose_people)]]
     val += [n for n in rest if n.startswith("frontal")][-2:]          # and two frontal people
-    train = [n for n in rest if n not in val]
+    train = sorted([n for n in rest if n not in val] + list(always_train))
     return test, val, train
+
+
+def grouped(names: list[str], count: int, hold_out: str) -> tuple[list[list[str]], tuple[str, ...]]:
+    """The fold groups and the photos that always train. `people`: every person is held out in one fold.
+    `frontal`: only the frontal people are, and every multi-pose person trains in every fold, so a model
+    learns from all but a few people, as one trained on the whole data set would (published FASSEG figures
+    are on frontal test photos of a model trained on all the training photos)."""
+    if hold_out == "people":
+        return folds(names, count), ()
+    return folds([n for n in names if n.startswith("frontal")], count), tuple(n for n in names if n.startswith("pose_"))
 
 
 def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
@@ -111,6 +127,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the config for every fold, as `faceseg train --set`")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--hold-out", choices=("people", "frontal"), default="people",
+                        help="people: every person in one fold (the shipped report); frontal: only the frontal "
+                             "people, the multi-pose ones always train (report: real_photos_frontal.md)")
     parser.add_argument("--only-fold", type=int, help="run this fold alone")
     parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "real-photos"))
@@ -119,9 +138,9 @@ def main() -> int:
     args = parser.parse_args()
     data, work = Path(args.data).resolve(), Path(args.work)
     names = sorted(p.stem for p in (data / "images").glob("*.jpg"))
-    groups = folds(names, args.folds)
+    groups, always_train = grouped(names, args.folds, args.hold_out)
     if args.sweep_fold is not None:
-        test, val, train = split_fold(groups, args.sweep_fold)
+        test, val, train = split_fold(groups, args.sweep_fold, always_train)
         out = write_fold(data, work / f"fold{args.sweep_fold}", test, val, train)
         print(f"fold {args.sweep_fold}: {len(train)} train / {len(val)} val / {len(test)} held-out photos -> {out}")
         return 0
@@ -136,26 +155,27 @@ def main() -> int:
     config = Path(args.config).resolve()
     # What each fold trained with, checked by --rescore: another fold count holds out other people under the
     # same pred<k> names.
-    recipe = {"config": str(config), "set": args.set, "folds": args.folds}
+    recipe = {"config": str(config), "set": args.set, "folds": args.folds, "hold_out": args.hold_out}
     # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
     shipped = not args.set and config == SHIPPED_CONFIG
     taxonomy = Taxonomy(tuple(n.strip() for n in (data / "label_names.txt").read_text().split()))
     # The report names the data set and config without this machine's paths.
     shown_config = str(config.relative_to(ROOT)) if config.is_relative_to(ROOT) else str(config)
     total, report = ConfusionMatrix(taxonomy), {"data": data.name, "config": shown_config, "set": args.set,
-                                                "folds": []}
+                                                "hold_out": args.hold_out, "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
     started = time.time()
     seconds = 0.0                                   # train + predict, summed over the folds
     for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
-        test, val, train = split_fold(groups, k)
+        test, val, train = split_fold(groups, k, always_train)
         run, pred = work / f"run{k}", work / f"pred{k}"
         record = work / f"fold{k}.json"          # the recipe and what training took, kept for --rescore
         if args.rescore:                         # checked before the fold's layout is written again
             if not record.is_file():
                 sys.exit(f"{record}: no record of fold {k}; train it first (without --rescore)")
             fold_times = json.loads(record.read_text())
-            trained = {key: fold_times.get(key) for key in recipe}
+            # records written before --hold-out existed held out people
+            trained = {key: fold_times.get(key, "people" if key == "hold_out" else None) for key in recipe}
             if trained != recipe:
                 sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
         fold = write_fold(data, work / f"fold{k}", test, val, train)
@@ -185,8 +205,8 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-    if shipped:
-        copy_overlays(work, [split_fold(groups, k)[0] for k in range(args.folds)], args.overlays)
+    if shipped and args.hold_out == "people":
+        copy_overlays(work, groups, args.overlays)
     report["all"] = total.report()
     report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
     report["seconds"] = seconds
@@ -199,9 +219,12 @@ def main() -> int:
     if args.only_fold is None:
         out = RESULTS if shipped else work
         out.mkdir(parents=True, exist_ok=True)
-        (out / "real_photos.json").write_text(json.dumps(report, indent=1))
+        stem = "real_photos" if args.hold_out == "people" else "real_photos_frontal"
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         changes = "".join(f" `--set {change}`" for change in args.set)
-        lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds held out by person)", "",
+        held = ("held out by person" if args.hold_out == "people"
+                else "of frontal people held out; every multi-pose person trains in every fold")
+        lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds {held})", "",
                  f"Config: `{shown_config}`{changes}; {len(names)} photos; "
                  f"{report['seconds'] / 60:.0f} min in all on this machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
@@ -216,8 +239,8 @@ def main() -> int:
                  "| fold | held-out people | photos | pixel accuracy | mean F1 | train min |", "|---|---|---|---|---|---|"]
         lines += [f"| {f['fold']} | {len(f['held_out_people'])} | {f['test']} | {100 * f['pixel_accuracy']:.2f} | "
                   f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} |" for f in report["folds"]]
-        (out / "real_photos.md").write_text("\n".join(lines) + "\n")
-        print(f"report: {out / 'real_photos.md'}")
+        (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+        print(f"report: {out / f'{stem}.md'}")
     return 0
 
 

@@ -124,3 +124,11 @@ def test_benchmark_folds_hold_out_whole_people():
             people = [{n[:15] if n.startswith("pose") else n for n in side} for side in (test, val, train)]
             assert not (people[0] & people[1] or people[0] & people[2] or people[1] & people[2])
             assert len({p for p in people[1] if p.startswith("pose")}) == 1 and len(people[1]) == 3
+    # --hold-out frontal: the frontal people held out once each, every multi-pose photo trains in every fold
+    groups, always_train = bench.grouped(names, 5, "frontal")
+    assert sorted(n for g in groups for n in g) == sorted(names[:20]) and len(always_train) == len(names) - 20
+    for k in range(5):
+        test, val, train = bench.split_fold(groups, k, always_train)
+        assert sorted(test + val + train) == sorted(names) and len(test) == 4
+        assert not set(test) & set(val + train) and not set(val) & set(train)
+        assert set(always_train) <= set(train) and all(n.startswith("frontal") for n in val) and len(val) == 2
