@@ -132,11 +132,14 @@ def main() -> int:
                              "people, the multi-pose ones always train (report: real_photos_frontal.md)")
     parser.add_argument("--only-fold", type=int, help="run this fold alone")
     parser.add_argument("--sweep-fold", type=int, help="write this fold's layout for a sweep and stop")
-    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "work" / "real-photos"))
+    parser.add_argument("--work", help="folds, models and predictions (default benchmarks/work/real-photos, "
+                                        "or real-photos-frontal with --hold-out frontal)")
     parser.add_argument("--overlays", type=int, default=4, help="held-out overlays copied to docs/images/")
     parser.add_argument("--rescore", action="store_true", help="score the existing predictions again, no training")
     args = parser.parse_args()
-    data, work = Path(args.data).resolve(), Path(args.work)
+    # Each protocol its own default folder: their fold<k>/pred<k> names would overwrite each other's.
+    default_work = "real-photos" if args.hold_out == "people" else "real-photos-frontal"
+    data, work = Path(args.data).resolve(), Path(args.work or ROOT / "benchmarks" / "work" / default_work)
     names = sorted(p.stem for p in (data / "images").glob("*.jpg"))
     groups, always_train = grouped(names, args.folds, args.hold_out)
     if args.sweep_fold is not None:
