@@ -41,6 +41,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SHIPPED_CONFIG = ROOT / "configs" / "real-photos.yaml"
+# --hold-out: its own default work folder (the protocols' fold<k>/pred<k> names would overwrite each other's),
+# report file stem, report title, report rows, and whether held-out overlays go to docs/images/.
+PROTOCOLS = {
+    "people": {"work": "real-photos", "stem": "real_photos", "held": "held out by person",
+               "rows": ("all", "frontal", "pose"), "overlays": True},
+    "frontal": {"work": "real-photos-frontal", "stem": "real_photos_frontal",
+                "held": "of frontal people held out; every multi-pose person trains in every fold",
+                "rows": ("frontal",), "overlays": False},
+}
 
 
 def person_of(name: str) -> str:
@@ -127,7 +136,7 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a change to the config for every fold, as `faceseg train --set`")
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--hold-out", choices=("people", "frontal"), default="people",
+    parser.add_argument("--hold-out", choices=tuple(PROTOCOLS), default="people",
                         help="people: every person in one fold (the shipped report); frontal: only the frontal "
                              "people, the multi-pose ones always train (report: real_photos_frontal.md)")
     parser.add_argument("--only-fold", type=int, help="run this fold alone")
@@ -137,9 +146,8 @@ def main() -> int:
     parser.add_argument("--overlays", type=int, default=4, help="held-out overlays copied to docs/images/")
     parser.add_argument("--rescore", action="store_true", help="score the existing predictions again, no training")
     args = parser.parse_args()
-    # Each protocol its own default folder: their fold<k>/pred<k> names would overwrite each other's.
-    default_work = "real-photos" if args.hold_out == "people" else "real-photos-frontal"
-    data, work = Path(args.data).resolve(), Path(args.work or ROOT / "benchmarks" / "work" / default_work)
+    protocol = PROTOCOLS[args.hold_out]
+    data, work = Path(args.data).resolve(), Path(args.work or ROOT / "benchmarks" / "work" / protocol["work"])
     names = sorted(p.stem for p in (data / "images").glob("*.jpg"))
     groups, always_train = grouped(names, args.folds, args.hold_out)
     if args.sweep_fold is not None:
@@ -208,7 +216,7 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-    if shipped and args.hold_out == "people":
+    if shipped and protocol["overlays"]:
         copy_overlays(work, groups, args.overlays)
     report["all"] = total.report()
     report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
@@ -222,18 +230,16 @@ def main() -> int:
     if args.only_fold is None:
         out = RESULTS if shipped else work
         out.mkdir(parents=True, exist_ok=True)
-        stem = "real_photos" if args.hold_out == "people" else "real_photos_frontal"
+        stem = protocol["stem"]
         (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
         changes = "".join(f" `--set {change}`" for change in args.set)
-        held = ("held out by person" if args.hold_out == "people"
-                else "of frontal people held out; every multi-pose person trains in every fold")
-        lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds {held})", "",
+        lines = [f"# faceseg on real photos (FASSEG, {args.folds} folds {protocol['held']})", "",
                  f"Config: `{shown_config}`{changes}; {len(names)} photos; "
                  f"{report['seconds'] / 60:.0f} min in all on this machine.", "",
                  "All held-out photos together (one confusion matrix over every fold):", "", "```", summary, "```", "",
                  "| held-out photos | images | pixel accuracy | mean F1 | " + " | ".join(taxonomy.names) + " |",
                  "|---|---|---|---|" + "---|" * taxonomy.num_classes]
-        for kind in ("all", "frontal", "pose") if args.hold_out == "people" else ("frontal",):
+        for kind in protocol["rows"]:
             figures = report[kind]
             lines.append(f"| {kind} | {figures['images']} | {100 * figures['pixel_accuracy']:.2f} | "
                          f"{100 * figures['mean_f1']:.2f} | "
