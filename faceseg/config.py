@@ -68,6 +68,7 @@ class TrainConfig:
     class_weights: str = option("sqrt-inverse", choices=("none", "sqrt-inverse"))  # of the train pixel shares
     augment: str = option("flip", choices=("none", "flip", "geometric", "full"))
     augment_scale: float = option(0.2, low=0.0, high=0.9)   # geometric/full: photos scaled by 1 +- this
+    augment_background: float = option(0.0, low=0.0, high=1.0)  # full: share of photos given a random wall
     augment_on: str = option("auto", choices=("auto", "cpu", "device"))  # auto: in the train step on GPUs
     seed: int = option(0, low=0, high=2**31 - 1)
     metric: str = "auto"            # picks the best epoch: auto = val_f1_overall (Helen classes), else val_f1_mean

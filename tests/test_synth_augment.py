@@ -97,7 +97,7 @@ def test_augment_is_reproducible_for_a_seed():
 
 def test_geometric_scale_range_is_train_augment_scale():
     """A centred 24-px square's area after the warp is scale^2 times its own: within 1 +- 0.2 by default,
-    and reaching past it with train.augment_scale 0.4 (the real-photos recipe's)."""
+    and reaching past it with train.augment_scale 0.4."""
     masks = np.zeros((256, 64, 64), np.uint8)
     masks[:, 20:44, 20:44] = 1
     images = tf.constant(np.repeat(masks[..., None], 3, axis=3) * 200)
@@ -111,3 +111,28 @@ def test_geometric_scale_range_is_train_augment_scale():
     default, wide = area_ratios(None), area_ratios(0.4)
     assert 0.8**2 - 0.05 < default.min() and default.max() < 1.2**2 + 0.05
     assert 0.6**2 - 0.05 < wide.min() < 0.8**2 - 0.05 and 1.2**2 + 0.05 < wide.max() < 1.4**2 + 0.05
+
+
+def test_full_augment_gives_a_share_of_photos_a_new_background():
+    """train.augment_background: class-0 pixels of about that share of the photos become a random wall, dark
+    or bright, while the label maps (and the warps that made them) stay exactly those of the same seed without it."""
+    masks = np.zeros((200, 32, 32), np.uint8)
+    masks[:, 8:24, 8:24] = 1
+    images = tf.constant(np.where(masks[..., None] == 1, 200, 100).astype(np.uint8).repeat(3, axis=3))
+
+    def run(share):
+        gen = tf.random.Generator.from_seed(5)
+        out_images, out_masks = augment_batch(images, tf.constant(masks), "full", FLIP_LUT, gen, background=share)
+        out_images, out_masks = out_images.numpy().astype(float), out_masks.numpy()
+        wall = np.array([x[m == 0].mean() for x, m in zip(out_images, out_masks)])
+        face = np.array([x[m == 1].mean() for x, m in zip(out_images, out_masks)])
+        return out_masks, wall, face
+
+    masks_off, wall_off, face_off = run(0.0)
+    assert (wall_off < face_off).all()                 # the photo's own darker background, whatever the colours did
+    for share in (1.0, 0.3):
+        masks_on, wall_on, face_on = run(share)
+        assert (masks_on == masks_off).all()
+        brighter = (wall_on > face_on).mean()          # a wall brighter than the face: only a new background
+        assert 0.1 * share < brighter < 0.6 * share
+    assert wall_on.min() < 40 and wall_on.max() > 215      # dark and bright walls both

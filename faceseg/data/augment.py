@@ -7,8 +7,10 @@ for the input side on a CPU, where TensorFlow's reverse/where/gather cost ten ti
 (benchmarks/results/design.md); inside a train step on a GPU the TensorFlow ops run.
 
 Levels: none < flip < geometric (flip + scale/rotate/translate) < full (geometric + photometric).
-The scale range is the one setting (train.augment_scale): 1 +- 0.2 by default; wider teaches faces framed
-smaller or larger than the training photos' (benchmarks/results/real_photos_trials.md, twelfth round).
+Two settings: the scale range (train.augment_scale), 1 +- 0.2 by default, wider teaches faces framed
+smaller or larger than the training photos' (benchmarks/results/real_photos_trials.md, twelfth round);
+and, for `full`, the share of photos whose background is swapped for a random wall
+(train.augment_background), so that a wall's colour stops saying "background" to the model.
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
 """
 from __future__ import annotations
@@ -94,6 +96,19 @@ def _affine(images, masks, gen: tf.random.Generator, scale_range: float):
     return images, masks
 
 
+def _new_background(images, masks, gen: tf.random.Generator, share: float):
+    """For `share` of the batch, class-0 pixels (and what a zoom out uncovered) become a random wall: a 4x4
+    grid of colours around one random grey level, resized smoothly to the image, so dark, bright, beige or
+    tinted walls with gradients all appear behind faces. float32 in [0, 255]."""
+    b, size = tf.shape(images)[0], tf.shape(images)[1:3]
+    grey = gen.uniform([b, 1, 1, 1], 0.0, 255.0)
+    tint = gen.uniform([b, 1, 1, 3], -40.0, 40.0)
+    cells = grey + tint + gen.uniform([b, 4, 4, 3], -30.0, 30.0)
+    wall = tf.clip_by_value(tf.image.resize(cells, size, method="bilinear"), 0.0, 255.0)
+    swap = (gen.uniform([b, 1, 1]) < share) & (masks == 0)
+    return tf.where(swap[..., None], wall, images)
+
+
 def _photometric(images, gen: tf.random.Generator):
     """Brightness, contrast, saturation, hue-ish channel gains, blur and noise, per image. float32 in [0,255]."""
     b = tf.shape(images)[0]
@@ -113,11 +128,12 @@ def _photometric(images, gen: tf.random.Generator):
 
 
 def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True,
-                  scale_range: float = 0.2):
+                  scale_range: float = 0.2, background: float = 0.0):
     """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
 
     `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut). `flip=False`: the
-    batch was flipped already (flip_batch), only the warps and colours of the level remain."""
+    batch was flipped already (flip_batch), only the warps and colours of the level remain. `background`:
+    the share of a `full` batch given a new background before the colours change."""
     if level not in LEVELS:
         raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
     if level == "none":
@@ -127,6 +143,8 @@ def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator,
     if level in ("geometric", "full"):
         x, masks = _affine(tf.cast(images, tf.float32), masks, gen, scale_range)
         if level == "full":
+            if background > 0:
+                x = _new_background(x, masks, gen, background)
             x = _photometric(x, gen)
         images = tf.cast(tf.round(x), tf.uint8)
     return images, masks

@@ -126,7 +126,8 @@ def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: boo
 
 
 def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
-                       hold: bool = False, size: int | None = None, scale_range: float = 0.2) -> tf.data.Dataset:
+                       hold: bool = False, size: int | None = None, scale_range: float = 0.2,
+                       background: float = 0.0) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
@@ -134,7 +135,7 @@ def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarra
     streams from Parquet every epoch (StreamedBatches). `augment` is what runs here, on the worker's CPU
     ("none" when the train step augments on the device): the flip (a mirrored copy when held, OpenCV
     when streamed), then the warps (scaled by 1 +- `scale_range`) and colours of `geometric`/`full` as
-    batched TensorFlow ops.
+    batched TensorFlow ops (`full` gives a `background` share of the photos a random wall).
     """
     flip = augment != "none"
     if hold:
@@ -148,7 +149,7 @@ def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarra
     if augment in ("geometric", "full"):
         generator = tf.random.Generator.from_seed(seed)
         dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False,
-                                                         scale_range=scale_range))
+                                                         scale_range=scale_range, background=background))
     options = tf.data.Options()
     # Ray Data already gave each worker its own equal shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -160,15 +161,16 @@ class AugmentingModel(keras.Model):
     the model, instead of on the worker's CPU. Exported as the plain U-Net it wraps."""
 
     def __init__(self, inputs, outputs, augment: str, flip_lut: np.ndarray, seed: int, scale_range: float,
-                 **kwargs):
+                 background: float, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self.augment_level, self.flip_lut, self.scale_range = augment, flip_lut, scale_range
+        self.augment_level, self.flip_lut = augment, flip_lut
+        self.scale_range, self.background = scale_range, background
         self.augment_rng = tf.random.Generator.from_seed(seed)
 
     def train_step(self, data):
         images, masks = data
         images, masks = augment_batch(images, masks, self.augment_level, self.flip_lut, self.augment_rng,
-                                      scale_range=self.scale_range)
+                                      scale_range=self.scale_range, background=self.background)
         return super().train_step((images, masks))
 
 
@@ -324,7 +326,7 @@ def train_loop(loop_config: dict, session) -> None:
     with strategy.scope():
         unet = build_unet(config.model, loop_config["size"], taxonomy.num_classes)
         model = AugmentingModel(unet.inputs, unet.outputs, config.train.augment, taxonomy.flip_lut, seed,
-                                config.train.augment_scale, name=unet.name) \
+                                config.train.augment_scale, config.train.augment_background, name=unet.name) \
             if on_device and config.train.augment != "none" else unet
         optimizer = make_optimizer(config.train, steps_per_epoch)
         loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"], config.train.class_weights))
@@ -351,7 +353,8 @@ def train_loop(loop_config: dict, session) -> None:
     epoch_seed = seed + 7919 * len(history)
     train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
                                     taxonomy.flip_lut, epoch_seed, loop_config["train_in_memory"],
-                                    loop_config["size"], config.train.augment_scale)
+                                    loop_config["size"], config.train.augment_scale,
+                                    config.train.augment_background)
     tensorboard = None
     if session.is_chief:
         tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
