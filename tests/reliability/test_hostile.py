@@ -244,7 +244,8 @@ def test_11_a_full_disk_during_a_checkpoint_is_one_line_and_leaves_no_scratch(ca
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("faceseg train")]
     assert len(lines) == 1 and "disk full at" in lines[0] and "Traceback" not in err
-    assert {p.name for p in Path("/tmp").glob("faceseg-ckpt-*")} == scratch_before
+    # None of ours left; another faceseg run on this machine may make or clear its own meanwhile.
+    assert not {p.name for p in Path("/tmp").glob("faceseg-ckpt-*")} - scratch_before
     checkpoints = disk / "run" / "checkpoints" / "local"
     assert not checkpoints.exists() or not [p for p in checkpoints.iterdir() if not p.name.startswith(".")]
     assert not [p for p in disk.rglob("*") if p.is_file() and p.stat().st_size == 0 and "checkpoint" in str(p)]
