@@ -327,14 +327,16 @@ def _ingest_loop(loop: dict) -> None:
     """In a Ray Train worker: build the train dataset exactly as the train loop does and iterate it."""
     import ray.train
 
+    from faceseg.data.augment import Augmentation
     from faceseg.labels import Taxonomy
     from faceseg.runtime import keep_freed_memory
     from faceseg.train.loop import make_train_dataset
 
     _pin_process_to(0)
     keep_freed_memory()                      # as train_loop does
-    dataset = make_train_dataset(ray.train.get_dataset_shard("train"), loop["batch"], loop["augment"],
-                                 Taxonomy(tuple(loop["classes"])).flip_lut, seed=0,
+    taxonomy = Taxonomy(tuple(loop["classes"]))
+    augmentation = Augmentation(loop["augment"], taxonomy.flip_lut, taxonomy.background)
+    dataset = make_train_dataset(ray.train.get_dataset_shard("train"), loop["batch"], augmentation, seed=0,
                                  hold=loop["held"], size=loop["px"])
     rates = []
     for _ in range(loop["epochs"]):

@@ -1,9 +1,10 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from faceseg.data.augment import augment_batch, flip_batch
+from faceseg.data.augment import Augmentation, augment_batch, flip_batch
 from faceseg.data.synth import render_face, write_synthetic_dataset
-from faceseg.labels import HELEN, HELEN_NAMES as LABEL_NAMES, read_label_names
+from faceseg.labels import HELEN, HELEN_NAMES as LABEL_NAMES, Taxonomy, read_label_names
 
 CLASS_ID = {name: i for i, name in enumerate(LABEL_NAMES)}
 FLIP_LUT = HELEN.flip_lut
@@ -53,7 +54,7 @@ def test_flip_twice_is_identity_and_swaps_left_right():
     twice = FLIP_LUT[mirror[:, :, ::-1]]
     assert (twice == masks.numpy()).all()
     # The random flip: each image either unchanged or exactly mirrored with swapped classes.
-    out_images, out_masks = augment_batch(images, masks, "flip", FLIP_LUT, gen)
+    out_images, out_masks = augment_batch(images, masks, Augmentation("flip", FLIP_LUT), gen)
     for i in range(images.shape[0]):
         same = (out_masks[i].numpy() == masks[i].numpy()).all()
         mirrored = (out_masks[i].numpy() == mirror[i]).all()
@@ -79,7 +80,7 @@ def test_geometric_and_full_keep_valid_ids_without_interpolation():
     images, masks = _batch()
     gen = tf.random.Generator.from_seed(1)
     for level in ("geometric", "full"):
-        out_images, out_masks = augment_batch(images, masks, level, FLIP_LUT, gen)
+        out_images, out_masks = augment_batch(images, masks, Augmentation(level, FLIP_LUT), gen)
         assert out_images.dtype == tf.uint8 and out_images.shape == images.shape
         values = set(np.unique(out_masks.numpy()).tolist())
         assert values <= set(range(11))
@@ -90,8 +91,8 @@ def test_geometric_and_full_keep_valid_ids_without_interpolation():
 
 def test_augment_is_reproducible_for_a_seed():
     images, masks = _batch()
-    a = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
-    b = augment_batch(images, masks, "full", FLIP_LUT, tf.random.Generator.from_seed(7))
+    a = augment_batch(images, masks, Augmentation("full", FLIP_LUT), tf.random.Generator.from_seed(7))
+    b = augment_batch(images, masks, Augmentation("full", FLIP_LUT), tf.random.Generator.from_seed(7))
     assert (a[0].numpy() == b[0].numpy()).all() and (a[1].numpy() == b[1].numpy()).all()
 
 
@@ -105,7 +106,8 @@ def test_geometric_scale_range_is_train_augment_scale():
     def area_ratios(scale_range):
         gen = tf.random.Generator.from_seed(3)
         kwargs = {} if scale_range is None else {"scale_range": scale_range}
-        warped = augment_batch(images, tf.constant(masks), "geometric", FLIP_LUT, gen, **kwargs)[1].numpy()
+        augmentation = Augmentation("geometric", FLIP_LUT, **kwargs)
+        warped = augment_batch(images, tf.constant(masks), augmentation, gen)[1].numpy()
         return (warped == 1).sum(axis=(1, 2)) / (24 * 24)
 
     default, wide = area_ratios(None), area_ratios(0.4)
@@ -114,7 +116,7 @@ def test_geometric_scale_range_is_train_augment_scale():
 
 
 def test_full_augment_gives_a_share_of_photos_a_new_background():
-    """train.augment_background: class-0 pixels of about that share of the photos become a random wall, dark
+    """train.augment_background: background pixels of about that share of the photos become a random wall, dark
     or bright, while the label maps (and the warps that made them) stay exactly those of the same seed without it."""
     masks = np.zeros((200, 32, 32), np.uint8)
     masks[:, 8:24, 8:24] = 1
@@ -122,7 +124,8 @@ def test_full_augment_gives_a_share_of_photos_a_new_background():
 
     def run(share):
         gen = tf.random.Generator.from_seed(5)
-        out_images, out_masks = augment_batch(images, tf.constant(masks), "full", FLIP_LUT, gen, background=share)
+        augmentation = Augmentation("full", FLIP_LUT, wall_share=share)
+        out_images, out_masks = augment_batch(images, tf.constant(masks), augmentation, gen)
         out_images, out_masks = out_images.numpy().astype(float), out_masks.numpy()
         wall = np.array([x[m == 0].mean() for x, m in zip(out_images, out_masks)])
         face = np.array([x[m == 1].mean() for x, m in zip(out_images, out_masks)])
@@ -136,3 +139,34 @@ def test_full_augment_gives_a_share_of_photos_a_new_background():
         brighter = (wall_on > face_on).mean()          # a wall brighter than the face: only a new background
         assert 0.1 * share < brighter < 0.6 * share
     assert wall_on.min() < 40 and wall_on.max() > 215      # dark and bright walls both
+
+
+@pytest.mark.parametrize("names", [("background", "face"), ("face", "hair", "background")])
+def test_warps_and_walls_use_the_taxonomy_s_background_whatever_its_id(names):
+    """A label_names.txt may list background anywhere: what a zoom out uncovers is labelled that class, and
+    new walls go where the label map says that class, never over the face (red here, on a blue wall)."""
+    taxonomy = Taxonomy(names)
+    background, face = taxonomy.background, names.index("face")
+    masks = np.full((64, 32, 32), background, np.uint8)
+    masks[:, 8:24, 8:24] = face
+    images = tf.constant(np.where(masks[..., None] == face, (255, 0, 0), (0, 0, 255)).astype(np.uint8))
+
+    zoomed_out = Augmentation("geometric", taxonomy.flip_lut, taxonomy.background, scale_range=0.5)
+    out_images, out_masks = (t.numpy() for t in augment_batch(images, tf.constant(masks), zoomed_out,
+                                                               tf.random.Generator.from_seed(2)))
+    uncovered = out_images.max(axis=3) == 0
+    assert uncovered.sum() > 1000 and (out_masks[uncovered] == background).all()
+
+    def redness(share):                     # per photo: red minus blue over the face, and over the background
+        walls = Augmentation("full", taxonomy.flip_lut, taxonomy.background, wall_share=share)
+        out_images, out_masks = augment_batch(images, tf.constant(masks), walls, tf.random.Generator.from_seed(5))
+        out_images, out_masks = out_images.numpy().astype(float), out_masks.numpy()
+        red = out_images[..., 0] - out_images[..., 2]
+        return (np.array([r[m == face].mean() for r, m in zip(red, out_masks)]),
+                np.array([r[m == background].mean() for r, m in zip(red, out_masks)]))
+
+    face_red, wall_red = redness(0.0)
+    assert (face_red > 60).all() and (wall_red < -60).all()        # colour jitter keeps red red and blue blue
+    face_red, wall_red = redness(1.0)
+    assert (face_red > 60).all()                                   # the face is never painted over
+    assert (wall_red < -60).mean() < 0.3                           # the blue wall is gone from most photos

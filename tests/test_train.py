@@ -17,6 +17,7 @@ import yaml
 
 from conftest import cli_env, tiny_config
 from faceseg.cli import main
+from faceseg.data.augment import Augmentation
 from faceseg.data.cache import Cache
 from faceseg.labels import HELEN
 from faceseg.model.saved import inspect_model, load_model
@@ -100,7 +101,7 @@ def test_repeat_deals_matching_images_more_often_and_last_keeps_the_last_epoch(c
     printed = capsys.readouterr().out
     assert f"'*3' x3 matches {len(repeated)} of {len(names)}" in printed and "'no such image*' x2 matches 0" in printed
     # One held epoch deals each matching image three times, every other image once.
-    epoch = _epoch_images(make_train_dataset(data, 1, "none", HELEN.flip_lut, seed=1, hold=True))
+    epoch = _epoch_images(make_train_dataset(data, 1, Augmentation("none", HELEN.flip_lut), seed=1, hold=True))
     images = dict(zip(names, (image.tobytes() for image in cache.arrays("train")["image"])))
     assert sorted(epoch) == sorted(images[name] for name in names for _ in range(3 if name in repeated else 1))
 
@@ -123,8 +124,8 @@ def test_a_held_split_deals_the_same_batches_for_a_seed_whatever_order_ray_data_
     cache = Cache.open(cache_dir)
 
     def held_epoch(seed: int) -> list[bytes]:               # a fresh read of the split each time
-        return _epoch_images(make_train_dataset(train_split(cache, {})[0], 4, "flip", HELEN.flip_lut, seed=seed,
-                                                hold=True))
+        return _epoch_images(make_train_dataset(train_split(cache, {})[0], 4, Augmentation("flip", HELEN.flip_lut),
+                                                seed=seed, hold=True))
 
     epochs = [held_epoch(seed=1) for _ in range(4)]
     assert all(epoch == epochs[0] for epoch in epochs[1:])
@@ -172,8 +173,8 @@ def _epoch_images(dataset) -> list[bytes]:
 def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
     shutil.copytree(cache_dir, tmp_path / "cache")
     cache = Cache.open(tmp_path / "cache")
-    held = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1, hold=True)
-    streamed = make_train_dataset(cache.dataset("train"), 4, "none", HELEN.flip_lut, seed=1)
+    held = make_train_dataset(cache.dataset("train"), 4, Augmentation("none", HELEN.flip_lut), seed=1, hold=True)
+    streamed = make_train_dataset(cache.dataset("train"), 4, Augmentation("none", HELEN.flip_lut), seed=1)
     first, streamed_first = _epoch_images(held), _epoch_images(streamed)
     assert len(first) == len(streamed_first) == 216
     for parquet in (tmp_path / "cache").rglob("*.parquet"):   # later epochs must not read the files again
@@ -192,7 +193,8 @@ def test_flipped_batches_mirror_images_and_swap_sides(cache_dir, hold):
     by_image = {image.tobytes(): mask for image, mask in zip(stored["image"], stored["mask"])}
     by_mirror = {image[:, ::-1].tobytes(): HELEN.flip_lut[mask[:, ::-1]]
                  for image, mask in zip(stored["image"], stored["mask"])}
-    dataset = make_train_dataset(cache.dataset("train"), 8, "flip", HELEN.flip_lut, seed=3, hold=hold, size=64)
+    dataset = make_train_dataset(cache.dataset("train"), 8, Augmentation("flip", HELEN.flip_lut), seed=3, hold=hold,
+                                 size=64)
     mirrored = seen = 0
     for images, masks in dataset.as_numpy_iterator():
         for image, mask in zip(images, masks):
@@ -212,8 +214,8 @@ def test_geometric_batches_are_warped_by_train_augment_scale(cache_dir):
     cache = Cache.open(cache_dir)
 
     def black_share(scale_range):
-        dataset = make_train_dataset(cache.dataset("train"), 8, "geometric", HELEN.flip_lut, seed=3, hold=True,
-                                     size=64, scale_range=scale_range)
+        augmentation = Augmentation("geometric", HELEN.flip_lut, scale_range=scale_range)
+        dataset = make_train_dataset(cache.dataset("train"), 8, augmentation, seed=3, hold=True, size=64)
         images = np.concatenate([images for images, _ in dataset.as_numpy_iterator()])
         return float((images.max(axis=3) == 0).mean())
 

@@ -12,16 +12,47 @@ smaller or larger than the training photos' (benchmarks/results/real_photos_tria
 and, for `full`, the share of photos whose background is swapped for a random wall
 (train.augment_background), so that a wall's colour stops saying "background" to the model.
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
+"Background" is the taxonomy's (Taxonomy.background), the class metrics and overlays call background too.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import tensorflow as tf
 
 LEVELS = ("none", "flip", "geometric", "full")
+
+
+@dataclass(frozen=True, eq=False)
+class Augmentation:
+    """What a train batch goes through: the level, what it needs from the taxonomy (the mirror table,
+    flip_lut[id] = the id a pixel takes when mirrored; the background id, for what a zoom out uncovers and
+    where a new wall goes) and the level's settings (train.augment_scale, train.augment_background)."""
+
+    level: str
+    flip_lut: np.ndarray
+    background_id: int = 0
+    scale_range: float = 0.2
+    wall_share: float = 0.0
+
+    def __post_init__(self):
+        if self.level not in LEVELS:
+            raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {self.level!r}")
+        if not 0 <= self.background_id < len(self.flip_lut):
+            raise ValueError(f"background id {self.background_id} is not one of the {len(self.flip_lut)} classes")
+
+    @classmethod
+    def of(cls, train, taxonomy) -> "Augmentation":
+        """From a TrainConfig and the Taxonomy the model learns."""
+        return cls(train.augment, taxonomy.flip_lut, taxonomy.background, train.augment_scale,
+                   train.augment_background)
+
+    def at_level(self, level: str) -> "Augmentation":
+        return dataclasses.replace(self, level=level)
 
 
 def _flip(images, masks, flip_lut, gen: tf.random.Generator):
@@ -69,9 +100,9 @@ def flip_batch(images: np.ndarray, masks: np.ndarray, flip_lut: np.ndarray,
     return out_images, out_masks
 
 
-def _affine(images, masks, gen: tf.random.Generator, scale_range: float):
+def _affine(images, masks, gen: tf.random.Generator, scale_range: float, background_id: int):
     """Random scale 1 +- scale_range, rotation +-15 deg, shift +-8%, about the image centre; what a zoom out
-    uncovers is black, labelled class 0."""
+    uncovers is black, labelled background."""
     b = tf.shape(images)[0]
     size = tf.cast(tf.shape(images)[1], tf.float32)
     scale = gen.uniform([b], 1.0 - scale_range, 1.0 + scale_range)
@@ -86,18 +117,18 @@ def _affine(images, masks, gen: tf.random.Generator, scale_range: float):
     transform = tf.stack([cos, -sin, tx, sin, cos, ty, zeros, zeros], axis=1)  # (B, 8)
     shape = tf.shape(images)[1:3]
 
-    def warp(x, interpolation):
+    def warp(x, interpolation, fill):
         return tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transform, output_shape=shape,
-                                                     fill_value=0.0, interpolation=interpolation,
+                                                     fill_value=float(fill), interpolation=interpolation,
                                                      fill_mode="CONSTANT")
 
-    images = warp(images, "BILINEAR")
-    masks = warp(masks[..., None], "NEAREST")[..., 0]
+    images = warp(images, "BILINEAR", 0)
+    masks = warp(masks[..., None], "NEAREST", background_id)[..., 0]
     return images, masks
 
 
-def _new_background(images, masks, gen: tf.random.Generator, share: float):
-    """For `share` of the batch, class-0 pixels (and what a zoom out uncovered) become a random wall: a 4x4
+def _new_background(images, masks, gen: tf.random.Generator, share: float, background_id: int):
+    """For `share` of the batch, background pixels (and what a zoom out uncovered) become a random wall: a 4x4
     grid of colours around one random grey level, resized smoothly to the image, so dark, bright, beige or
     tinted walls with gradients all appear behind faces. float32 in [0, 255]."""
     b, size = tf.shape(images)[0], tf.shape(images)[1:3]
@@ -105,7 +136,7 @@ def _new_background(images, masks, gen: tf.random.Generator, share: float):
     tint = gen.uniform([b, 1, 1, 3], -40.0, 40.0)
     cells = grey + tint + gen.uniform([b, 4, 4, 3], -30.0, 30.0)
     wall = tf.clip_by_value(tf.image.resize(cells, size, method="bilinear"), 0.0, 255.0)
-    swap = (gen.uniform([b, 1, 1]) < share) & (masks == 0)
+    swap = (gen.uniform([b, 1, 1]) < share) & (masks == background_id)
     return tf.where(swap[..., None], wall, images)
 
 
@@ -127,24 +158,21 @@ def _photometric(images, gen: tf.random.Generator):
     return tf.clip_by_value(x, 0.0, 255.0)
 
 
-def augment_batch(images, masks, level: str, flip_lut, gen: tf.random.Generator, flip: bool = True,
-                  scale_range: float = 0.2, background: float = 0.0):
-    """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented.
+def augment_batch(images, masks, augmentation: Augmentation, gen: tf.random.Generator, flip: bool = True):
+    """(B, S, S, 3) uint8, (B, S, S) uint8 -> same shapes and dtypes, augmented at `augmentation.level`.
 
-    `flip_lut` (N,) uint8 maps each class id to its mirror image's (Taxonomy.flip_lut). `flip=False`: the
-    batch was flipped already (flip_batch), only the warps and colours of the level remain. `background`:
-    the share of a `full` batch given a new background before the colours change."""
-    if level not in LEVELS:
-        raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {level!r}")
-    if level == "none":
+    `flip=False`: the batch was flipped already (flip_batch), only the warps and colours of the level remain.
+    `full` gives `augmentation.wall_share` of the batch a new background before the colours change."""
+    a = augmentation
+    if a.level == "none":
         return images, masks
     if flip:
-        images, masks = _flip(images, masks, flip_lut, gen)
-    if level in ("geometric", "full"):
-        x, masks = _affine(tf.cast(images, tf.float32), masks, gen, scale_range)
-        if level == "full":
-            if background > 0:
-                x = _new_background(x, masks, gen, background)
+        images, masks = _flip(images, masks, a.flip_lut, gen)
+    if a.level in ("geometric", "full"):
+        x, masks = _affine(tf.cast(images, tf.float32), masks, gen, a.scale_range, a.background_id)
+        if a.level == "full":
+            if a.wall_share > 0:
+                x = _new_background(x, masks, gen, a.wall_share, a.background_id)
             x = _photometric(x, gen)
         images = tf.cast(tf.round(x), tf.uint8)
     return images, masks

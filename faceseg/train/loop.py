@@ -19,7 +19,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from faceseg.config import Config, TrainConfig
-from faceseg.data.augment import augment_batch, flip_batch, mirror_into
+from faceseg.data.augment import Augmentation, augment_batch, flip_batch, mirror_into
 from faceseg.labels import Taxonomy
 from faceseg.metrics import ConfusionMatrix, validation_metrics
 from faceseg.model.losses import class_weights, make_loss
@@ -125,19 +125,17 @@ def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: boo
     return epoch_seeds.flat_map(epoch).map(lambda rows: (tf.gather(images, rows), tf.gather(masks, rows)))
 
 
-def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarray, seed: int,
-                       hold: bool = False, size: int | None = None, scale_range: float = 0.2,
-                       background: float = 0.0) -> tf.data.Dataset:
+def make_train_dataset(shard, batch_size: int, augmentation: Augmentation, seed: int, hold: bool = False,
+                       size: int | None = None) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
     the shard is read now into this worker's memory as tensors (read_shard, held_batches); without, it
-    streams from Parquet every epoch (StreamedBatches). `augment` is what runs here, on the worker's CPU
-    ("none" when the train step augments on the device): the flip (a mirrored copy when held, OpenCV
-    when streamed), then the warps (scaled by 1 +- `scale_range`) and colours of `geometric`/`full` as
-    batched TensorFlow ops (`full` gives a `background` share of the photos a random wall).
+    streams from Parquet every epoch (StreamedBatches). `augmentation` is what runs here, on the worker's
+    CPU (level "none" when the train step augments on the device): the flip (a mirrored copy when held,
+    OpenCV when streamed), then the warps and colours of `geometric`/`full` as batched TensorFlow ops.
     """
-    flip = augment != "none"
+    flip, flip_lut = augmentation.level != "none", augmentation.flip_lut
     if hold:
         images, masks = read_shard(shard, flip_lut if flip else None)
         dataset = held_batches(images, masks, batch_size, flip, seed)
@@ -146,10 +144,9 @@ def make_train_dataset(shard, batch_size: int, augment: str, flip_lut: np.ndarra
             StreamedBatches(shard, batch_size, flip, flip_lut, seed),
             output_signature=(tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
                               tf.TensorSpec((batch_size, size, size), tf.uint8)))
-    if augment in ("geometric", "full"):
+    if augmentation.level in ("geometric", "full"):
         generator = tf.random.Generator.from_seed(seed)
-        dataset = dataset.map(lambda x, y: augment_batch(x, y, augment, flip_lut, generator, flip=False,
-                                                         scale_range=scale_range, background=background))
+        dataset = dataset.map(lambda x, y: augment_batch(x, y, augmentation, generator, flip=False))
     options = tf.data.Options()
     # Ray Data already gave each worker its own equal shard: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
@@ -160,17 +157,14 @@ class AugmentingModel(keras.Model):
     """The U-Net, augmenting each batch inside its train step: on a GPU the warps run there, next to
     the model, instead of on the worker's CPU. Exported as the plain U-Net it wraps."""
 
-    def __init__(self, inputs, outputs, augment: str, flip_lut: np.ndarray, seed: int, scale_range: float,
-                 background: float, **kwargs):
+    def __init__(self, inputs, outputs, augmentation: Augmentation, seed: int, **kwargs):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
-        self.augment_level, self.flip_lut = augment, flip_lut
-        self.scale_range, self.background = scale_range, background
+        self.augmentation = augmentation
         self.augment_rng = tf.random.Generator.from_seed(seed)
 
     def train_step(self, data):
         images, masks = data
-        images, masks = augment_batch(images, masks, self.augment_level, self.flip_lut, self.augment_rng,
-                                      scale_range=self.scale_range, background=self.background)
+        images, masks = augment_batch(images, masks, self.augmentation, self.augment_rng)
         return super().train_step((images, masks))
 
 
@@ -321,13 +315,12 @@ def train_loop(loop_config: dict, session) -> None:
     else:      # one process: a batch is split between its replicas (MirroredStrategy) in one step
         dataset_batch = batch_size * replicas
         steps_per_epoch = max(1, shard_rows // dataset_batch)
-    on_device = loop_config["augment_on_device"]
+    augmentation = Augmentation.of(config.train, taxonomy)
+    on_device = loop_config["augment_on_device"] and augmentation.level != "none"
     seed = config.train.seed * 1000 + session.world_rank
     with strategy.scope():
         unet = build_unet(config.model, loop_config["size"], taxonomy.num_classes)
-        model = AugmentingModel(unet.inputs, unet.outputs, config.train.augment, taxonomy.flip_lut, seed,
-                                config.train.augment_scale, config.train.augment_background, name=unet.name) \
-            if on_device and config.train.augment != "none" else unet
+        model = AugmentingModel(unet.inputs, unet.outputs, augmentation, seed, name=unet.name) if on_device else unet
         optimizer = make_optimizer(config.train, steps_per_epoch)
         loss_fn = make_loss(config.train.loss, class_weights(loop_config["class_frequency"], config.train.class_weights))
         model.compile(optimizer=optimizer, loss=loss_fn, jit_compile=config.train.jit)
@@ -351,10 +344,9 @@ def train_loop(loop_config: dict, session) -> None:
         return
 
     epoch_seed = seed + 7919 * len(history)
-    train_data = make_train_dataset(session.train_data(), dataset_batch, "none" if on_device else config.train.augment,
-                                    taxonomy.flip_lut, epoch_seed, loop_config["train_in_memory"],
-                                    loop_config["size"], config.train.augment_scale,
-                                    config.train.augment_background)
+    train_data = make_train_dataset(session.train_data(), dataset_batch,
+                                    augmentation.at_level("none") if on_device else augmentation, epoch_seed,
+                                    loop_config["train_in_memory"], loop_config["size"])
     tensorboard = None
     if session.is_chief:
         tensorboard = run.local() / "tensorboard" if run.is_local else Path(tempfile.mkdtemp(prefix="faceseg-tb-"))
