@@ -12,13 +12,12 @@ smaller or larger than the training photos' (benchmarks/results/real_photos_tria
 and, for `full`, the share of photos whose background is swapped for a random wall
 (train.augment_background), so that a wall's colour stops saying "background" to the model.
 Label maps are only ever moved with nearest neighbour, so no interpolated class id can appear.
-"Background" is the taxonomy's (Taxonomy.background), the class metrics and overlays call background too.
+Background is Taxonomy.background, the same class the metrics and overlays treat as background.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -52,7 +51,7 @@ class Augmentation:
                    train.augment_background)
 
     def at_level(self, level: str) -> "Augmentation":
-        return dataclasses.replace(self, level=level)
+        return replace(self, level=level)
 
 
 def _flip(images, masks, flip_lut, gen: tf.random.Generator):
