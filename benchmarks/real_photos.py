@@ -16,9 +16,11 @@ run on the whole data set does, and is scored on frontal photos of people it nev
 figures are. It writes real_photos_frontal.{json,md} and no overlays.
 
 `--sweep-fold` writes the fold layout only (the data a `faceseg tune` sweep reads; tune_configs/real-photos.yaml).
-`--rescore` rebuilds the report from the folds' existing predictions (no training; it refuses a --config,
---set, --folds or --hold-out other than the folds were trained with, as recorded in --work/fold<k>.json); with `--only-fold`,
-folds can run one at a time (or on different machines into one --work) and be gathered by `--rescore`.
+`--rescore` rebuilds the report from the folds' existing predictions (no training). It gathers a fold only if
+the run's own config.yaml (--config with every --set, as `faceseg train` resolved it) equals what --config and
+--set resolve to now, but for where its data and cache live, and --folds and --hold-out are the fold's (recorded
+in --work/fold<k>.json with the commit it trained at); so with `--only-fold`, folds can run one at a time, from
+another clone or machine into one --work, and be gathered by `--rescore`.
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
 into --work instead and leaves benchmarks/results and docs/images alone; benchmarks/results/real_photos_trials.md
@@ -27,6 +29,7 @@ lists the trials measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -122,6 +125,39 @@ def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
             shutil.copy(overlay, shown / f"fasseg-heldout-{name}.png")
 
 
+def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str) -> str | None:
+    """Why a fold cannot be gathered into a report of the `asked` Config (None if it can): another fold
+    layout, or a run whose resolved config differs other than in where its data and cache live."""
+    from faceseg.config import Config, ConfigError
+
+    if not record.is_file() or not (run / "config.yaml").is_file():
+        return f"{record}: no record of this fold's training; train it first (without --rescore)"
+    recorded = json.loads(record.read_text())
+    layout = (recorded.get("folds"), recorded.get("hold_out", "people"))   # records before --hold-out held out people
+    if layout != (folds, hold_out):
+        return f"{record}: trained as fold of --folds {layout[0]} --hold-out {layout[1]}, not --folds {folds} --hold-out {hold_out}"
+    try:
+        trained = Config.from_yaml(run / "config.yaml")
+    except ConfigError as error:                     # e.g. an option since removed
+        return f"not a config of this code: {error}"
+    asked = dataclasses.replace(asked, data=dataclasses.replace(asked.data, data=trained.data.data,
+                                                                cache=trained.data.cache))
+    mine, theirs = trained.to_dict(), asked.to_dict()
+    shown = []
+    for key in trained.differences(asked):
+        section, _, name = key.partition(".")
+        shown.append(f"{key}={mine[section][name]!r} (asked {theirs[section][name]!r})")
+    if shown:
+        return f"{run / 'config.yaml'}: trained with {', '.join(shown)}; rescore with that --config/--set"
+    return None
+
+
+def commit() -> str | None:
+    """The code a fold trains with (git describe --dirty), None outside a git checkout."""
+    done = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def faceseg(*args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "faceseg", *args], capture_output=True, text=True)
     if done.returncode not in (0, 1):
@@ -156,6 +192,7 @@ def main() -> int:
         print(f"fold {args.sweep_fold}: {len(train)} train / {len(val)} val / {len(test)} held-out photos -> {out}")
         return 0
 
+    from faceseg.config import Config, parse_assignment
     from faceseg.data.decode import read_label
     from faceseg.data.layouts import discover
     from faceseg.labels import Taxonomy, build_remap
@@ -164,8 +201,9 @@ def main() -> int:
     from faceseg.storage import Location
 
     config = Path(args.config).resolve()
-    # What each fold trained with, checked by --rescore: another fold count holds out other people under the
-    # same pred<k> names.
+    # What --rescore checks each fold's run against (another fold count holds out other people under the
+    # same pred<k> names, so the layout is checked too).
+    asked = Config.from_yaml(config).with_overrides(dict(parse_assignment(change) for change in args.set))
     recipe = {"config": str(config), "set": args.set, "folds": args.folds, "hold_out": args.hold_out}
     # Only the shipped recipe's figures and overlays go into the repository; a trial's stay in its --work folder.
     shipped = not args.set and config == SHIPPED_CONFIG
@@ -182,13 +220,10 @@ def main() -> int:
         run, pred = work / f"run{k}", work / f"pred{k}"
         record = work / f"fold{k}.json"          # the recipe and what training took, kept for --rescore
         if args.rescore:                         # checked before the fold's layout is written again
-            if not record.is_file():
-                sys.exit(f"{record}: no record of fold {k}; train it first (without --rescore)")
+            refusal = trained_otherwise(record, run, asked, args.folds, args.hold_out)
+            if refusal:
+                sys.exit(f"fold {k}: {refusal}")
             fold_times = json.loads(record.read_text())
-            # records written before --hold-out existed held out people
-            trained = {key: fold_times.get(key, "people" if key == "hold_out" else None) for key in recipe}
-            if trained != recipe:
-                sys.exit(f"{record}: fold {k} was trained with {trained}, not {recipe}; rescore it with those")
         fold = write_fold(data, work / f"fold{k}", test, val, train)
         if not args.rescore:
             shutil.rmtree(pred, ignore_errors=True)
@@ -197,7 +232,8 @@ def main() -> int:
                     "--data", str(fold), "--output", str(run), "--overwrite", "--local")
             train_seconds = time.time() - fold_start
             faceseg("predict", "--model", str(run), "--input", str(fold / "test"), "--output", str(pred), "--overlay")
-            fold_times = {**recipe, "train_seconds": train_seconds, "seconds": time.time() - fold_start}
+            fold_times = {**recipe, "commit": commit(), "train_seconds": train_seconds,
+                          "seconds": time.time() - fold_start}
             record.write_text(json.dumps(fold_times))
         train_seconds, seconds = fold_times["train_seconds"], seconds + fold_times["seconds"]
         scored = json.loads((pred / "report.json").read_text())
@@ -210,7 +246,7 @@ def main() -> int:
             by_kind["frontal" if sample.name.startswith("frontal") else "pose"].add(truth, predicted)
         people = sorted({person_of(n) for n in test})
         report["folds"].append({"fold": k, "held_out_people": people, "train": len(train), "val": len(val),
-                                "test": len(test), "train_seconds": train_seconds,
+                                "test": len(test), "commit": fold_times.get("commit"), "train_seconds": train_seconds,
                                 "pixel_accuracy": scored["pixel_accuracy"], "mean_f1": scored["mean_f1"],
                                 "f1": scored["f1"]})
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
@@ -245,9 +281,11 @@ def main() -> int:
                          f"{100 * figures['mean_f1']:.2f} | "
                          + " | ".join(f"{100 * figures['f1'][name]:.1f}" for name in taxonomy.names) + " |")
         lines += ["", "F1 per class in %; mean F1 is over the classes other than background.", "",
-                 "| fold | held-out people | photos | pixel accuracy | mean F1 | train min |", "|---|---|---|---|---|---|"]
+                 "| fold | held-out people | photos | pixel accuracy | mean F1 | train min | trained at |",
+                 "|---|---|---|---|---|---|---|"]
         lines += [f"| {f['fold']} | {len(f['held_out_people'])} | {f['test']} | {100 * f['pixel_accuracy']:.2f} | "
-                  f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} |" for f in report["folds"]]
+                  f"{100 * f['mean_f1']:.2f} | {f['train_seconds'] / 60:.1f} | {f['commit'] or 'not recorded'} |"
+                  for f in report["folds"]]
         (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
         print(f"report: {out / f'{stem}.md'}")
     return 0

@@ -14,6 +14,7 @@ from conftest import tiny_config
 from faceseg.cli import main
 from faceseg.data.cache import Cache
 
+ROOT = Path(__file__).parents[1]
 SAMPLE = Path(__file__).parent / "data" / "fasseg-sample"
 FASSEG = ["background", "skin", "hair", "eyes", "nose", "mouth"]
 SIZE = 64
@@ -102,14 +103,18 @@ def test_model_refuses_data_of_other_classes(photos, synth_dir, cache_dir, tmp_p
     assert (run / "metrics.jsonl").read_text() == before
 
 
-def test_benchmark_folds_hold_out_whole_people():
-    """benchmarks/real_photos.py: no person's photos on two sides of a fold (test, validation, training)."""
+def _benchmark():
     import importlib.util
 
-    script = Path(__file__).parents[1] / "benchmarks" / "real_photos.py"
-    spec = importlib.util.spec_from_file_location("real_photos", script)
+    spec = importlib.util.spec_from_file_location("real_photos", ROOT / "benchmarks" / "real_photos.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_benchmark_folds_hold_out_whole_people():
+    """benchmarks/real_photos.py: no person's photos on two sides of a fold (test, validation, training)."""
+    bench = _benchmark()
     angles = ["m90", "m75", "m60", "m45", "m30", "m15", "p0", "p15", "p30", "p45", "p60", "p75", "p90"]
     names = [f"frontal_train_{i}" for i in range(1, 21)]
     names += [f"pose_personne{p:02d}{series}{40 + i}p0{a}" for p in range(1, 8) for series in (1, 2)
@@ -132,3 +137,35 @@ def test_benchmark_folds_hold_out_whole_people():
         assert sorted(test + val + train) == sorted(names) and len(test) == 4
         assert not set(test) & set(val + train) and not set(val) & set(train)
         assert set(always_train) <= set(train) and all(n.startswith("frontal") for n in val) and len(val) == 2
+
+
+def test_rescore_gathers_a_fold_by_the_config_it_trained_with_not_by_the_file_s_path(tmp_path):
+    """--rescore takes a fold's predictions into a report only if the fold's run resolved to the config asked
+    now (whichever file and --set said it) and held out the same people."""
+    from faceseg.config import Config
+
+    bench = _benchmark()
+    shipped = Config.from_yaml(bench.SHIPPED_CONFIG)
+    walls = shipped.with_overrides({"train.augment_background": 0.3})
+    # A fold trained elsewhere: `--set train.augment_background=0.3` on another clone's copy of the recipe.
+    record, run = tmp_path / "fold0.json", tmp_path / "run0"
+    run.mkdir()
+    (run / "config.yaml").write_text(walls.with_overrides({"data.data": "/elsewhere/fold0",
+                                                           "data.cache": "/elsewhere/run0/cache"}).to_yaml())
+    record.write_text(json.dumps({"config": "/elsewhere/configs/real-photos.yaml",
+                                  "set": ["train.augment_background=0.3"], "folds": 5, "hold_out": "frontal"}))
+
+    assert bench.trained_otherwise(record, run, walls, 5, "frontal") is None
+    # the same settings from a recipe file that says them itself, with no --set
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(walls.to_yaml())
+    assert bench.trained_otherwise(record, run, Config.from_yaml(recipe), 5, "frontal") is None
+
+    refusal = bench.trained_otherwise(record, run, shipped, 5, "frontal")
+    assert "train.augment_background=0.3 (asked 0.0)" in refusal and str(run) in refusal
+    refusal = bench.trained_otherwise(record, run, walls.with_overrides({"train.seed": 1}), 5, "frontal")
+    assert "train.seed=0 (asked 1)" in refusal
+    assert "--folds 5 --hold-out frontal" in bench.trained_otherwise(record, run, walls, 3, "frontal")
+    assert "--hold-out frontal, not" in bench.trained_otherwise(record, run, walls, 5, "people")
+    (run / "config.yaml").unlink()
+    assert "train it first" in bench.trained_otherwise(record, run, walls, 5, "frontal")
