@@ -128,18 +128,20 @@ def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
 def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str) -> str | None:
     """Why a fold cannot be gathered into a report of the `asked` Config (None if it can): another fold
     layout, or a run whose resolved config differs other than in where its data and cache live."""
-    from faceseg.config import Config, ConfigError
+    from faceseg.config import ConfigError
+    from faceseg.storage import Location
+    from faceseg.train.run import CONFIG_FILE, RunError, saved_config
 
-    if not record.is_file() or not (run / "config.yaml").is_file():
+    if not record.is_file():
         return f"{record}: no record of this fold's training; train it first (without --rescore)"
     recorded = json.loads(record.read_text())
     layout = (recorded.get("folds"), recorded.get("hold_out", "people"))   # records before --hold-out held out people
     if layout != (folds, hold_out):
         return f"{record}: trained as fold of --folds {layout[0]} --hold-out {layout[1]}, not --folds {folds} --hold-out {hold_out}"
     try:
-        trained = Config.from_yaml(run / "config.yaml")
-    except ConfigError as error:                     # e.g. an option since removed
-        return f"not a config of this code: {error}"
+        trained = saved_config(Location.of(run))
+    except (RunError, ConfigError) as error:         # no run there, or an option since removed
+        return f"{error}; train it first (without --rescore)"
     asked = dataclasses.replace(asked, data=dataclasses.replace(asked.data, data=trained.data.data,
                                                                 cache=trained.data.cache))
     mine, theirs = trained.to_dict(), asked.to_dict()
@@ -148,7 +150,7 @@ def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str)
         section, _, name = key.partition(".")
         shown.append(f"{key}={mine[section][name]!r} (asked {theirs[section][name]!r})")
     if shown:
-        return f"{run / 'config.yaml'}: trained with {', '.join(shown)}; rescore with that --config/--set"
+        return f"{run / CONFIG_FILE}: trained with {', '.join(shown)}; rescore with that --config/--set"
     return None
 
 
