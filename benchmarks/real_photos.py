@@ -20,7 +20,8 @@ figures are. It writes real_photos_frontal.{json,md} and no overlays.
 the run's own config.yaml (--config with every --set, as `faceseg train` resolved it) equals what --config and
 --set resolve to now, but for where its data and cache live, and --folds and --hold-out are the fold's (recorded
 in --work/fold<k>.json with the commit it trained at); so with `--only-fold`, folds can run one at a time, from
-another clone or machine into one --work, and be gathered by `--rescore`.
+another clone or machine into one --work, and be gathered by `--rescore` (a one-fold run writes no report
+and leaves docs/images/ alone).
 Writes benchmarks/results/real_photos.{json,md}: all held-out photos, and the frontal and multi-pose ones apart
 (published FASSEG figures are on frontal photos). A trial (`--set`, or another --config) writes its report
 into --work instead and leaves benchmarks/results and docs/images alone; benchmarks/results/real_photos_trials.md
@@ -43,6 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+OVERLAYS = ROOT / "docs" / "images"
 SHIPPED_CONFIG = ROOT / "configs" / "real-photos.yaml"
 # --hold-out: its own default work folder (the protocols' fold<k>/pred<k> names would overwrite each other's),
 # report file stem, report title, report rows, and whether held-out overlays go to docs/images/.
@@ -108,21 +110,24 @@ def grouped(names: list[str], count: int, hold_out: str) -> tuple[list[list[str]
 
 
 def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
-    """A few held-out overlays into docs/images/: frontal photos, a three-quarter view and a profile."""
+    """A few held-out overlays into docs/images/: frontal photos, a three-quarter view and a profile. All of
+    them are found before the committed ones go, so a missing one leaves docs/images/ as it was."""
     if not count:
         return
-    shown = ROOT / "docs" / "images"
-    shown.mkdir(parents=True, exist_ok=True)
-    for old in shown.glob("fasseg-heldout-*.png"):
-        old.unlink()
     wanted = lambda n: n.startswith("frontal") or n.endswith(("p0m45", "p0p90"))          # noqa: E731
     picks = [(k, n) for k, names in enumerate(held_out) for n in names if wanted(n)]
     picks = sorted(picks, key=lambda kn: (not kn[1].startswith("frontal"), kn[1]))
     chosen = picks[:count // 2] + [kn for kn in picks if not kn[1].startswith("frontal")][:count - count // 2]
-    for k, name in chosen:
-        overlay = work / f"pred{k}" / "overlays" / f"{name}.png"
-        if overlay.is_file():
-            shutil.copy(overlay, shown / f"fasseg-heldout-{name}.png")
+    overlays = {name: work / f"pred{k}" / "overlays" / f"{name}.png" for k, name in chosen}
+    missing = [str(path) for path in overlays.values() if not path.is_file()]
+    if missing:
+        sys.exit(f"no held-out overlay {', '.join(missing)} (faceseg predict --overlay writes them); "
+                 f"{OVERLAYS} left as it was")
+    OVERLAYS.mkdir(parents=True, exist_ok=True)
+    for old in OVERLAYS.glob("fasseg-heldout-*.png"):
+        old.unlink()
+    for name, path in overlays.items():
+        shutil.copy(path, OVERLAYS / f"fasseg-heldout-{name}.png")
 
 
 def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str) -> str | None:
@@ -254,8 +259,6 @@ def main() -> int:
         print(f"fold {k}: {len(test)} photos of {len(people)} people held out; pixel accuracy "
               f"{100 * scored['pixel_accuracy']:.2f}%, mean F1 {100 * scored['mean_f1']:.2f}% "
               f"(trained in {train_seconds / 60:.1f} min)", flush=True)
-    if shipped and protocol["overlays"]:
-        copy_overlays(work, groups, args.overlays)
     report["all"] = total.report()
     report.update({kind: matrix.report() for kind, matrix in by_kind.items()})
     report["seconds"] = seconds
@@ -265,7 +268,9 @@ def main() -> int:
         if report[kind]["images"]:
             print(f"{kind}: {report[kind]['images']} photos, pixel accuracy {100 * report[kind]['pixel_accuracy']:.2f}%, "
                   f"mean F1 {100 * report[kind]['mean_f1']:.2f}%")
-    if args.only_fold is None:
+    if args.only_fold is None:                  # a report, and its overlays, only of every fold together
+        if shipped and protocol["overlays"]:
+            copy_overlays(work, groups, args.overlays)
         out = RESULTS if shipped else work
         out.mkdir(parents=True, exist_ok=True)
         stem = protocol["stem"]

@@ -169,3 +169,73 @@ def test_rescore_gathers_a_fold_by_the_config_it_trained_with_not_by_the_file_s_
     assert "--hold-out frontal, not" in bench.trained_otherwise(record, run, walls, 5, "people")
     (run / "config.yaml").unlink()
     assert "train it first" in bench.trained_otherwise(record, run, walls, 5, "frontal")
+
+
+def _scored_folds(work: Path, bench, config) -> list[list[str]]:
+    """What three trained folds of the shipped recipe leave in --work, without the training: each fold's run
+    config and record, and predictions equal to the label maps (so every figure is 100%) with overlays."""
+    names = sorted(p.stem for p in (SAMPLE / "images").glob("*.jpg"))
+    groups = bench.folds(names, 3)
+    for k in range(3):
+        test, _, _ = bench.split_fold(groups, k)
+        (work / f"run{k}").mkdir(parents=True)
+        (work / f"run{k}" / "config.yaml").write_text(config.to_yaml())
+        (work / f"fold{k}.json").write_text(json.dumps({"config": "configs/real-photos.yaml", "set": [], "folds": 3,
+                                                        "hold_out": "people", "commit": "abc1234",
+                                                        "train_seconds": 60.0, "seconds": 70.0}))
+        (work / f"pred{k}" / "overlays").mkdir(parents=True)
+        for name in test:
+            label = cv2.imread(str(SAMPLE / "labels" / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+            cv2.imwrite(str(work / f"pred{k}" / f"{name}.png"), label)
+            cv2.imwrite(str(work / f"pred{k}" / "overlays" / f"{name}.png"), np.full((4, 4, 3), k, np.uint8))
+        (work / f"pred{k}" / "report.json").write_text(json.dumps({"pixel_accuracy": 1.0, "mean_f1": 1.0,
+                                                                   "f1": {n: 1.0 for n in FASSEG}}))
+    return groups
+
+
+def test_shipped_report_replaces_the_overlays_only_from_every_fold_and_only_when_all_are_there(tmp_path):
+    """The shipped recipe's report and its docs/images/ overlays come from all folds together: a one-fold
+    run leaves them alone, and a missing overlay stops the report before a committed overlay is deleted."""
+    import shutil
+    import subprocess
+    import sys
+
+    from faceseg.config import Config
+
+    # the benchmark in a scratch copy of the repository, so its results/ and docs/images/ are the test's
+    repo, work = tmp_path / "repo", tmp_path / "work"
+    (repo / "benchmarks").mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "real_photos.py", repo / "benchmarks")
+    shutil.copytree(ROOT / "configs", repo / "configs")
+    bench = _benchmark()
+    _scored_folds(work, bench, Config.from_yaml(bench.SHIPPED_CONFIG))
+    shown = repo / "docs" / "images"
+    shown.mkdir(parents=True)
+    (shown / "fasseg-heldout-committed.png").write_bytes(b"committed")
+
+    def rescore(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo / "benchmarks" / "real_photos.py"), "--data", str(SAMPLE),
+                               "--work", str(work), "--rescore", *extra], capture_output=True, text=True)
+
+    one = rescore("--only-fold", "0")
+    assert one.returncode == 0, one.stderr
+    assert sorted(p.name for p in shown.iterdir()) == ["fasseg-heldout-committed.png"]
+    assert not (repo / "benchmarks" / "results").exists()
+
+    missing = next(work.glob("pred*/overlays/pose_personne01143p0m45.png"))      # one the report shows
+    kept = missing.read_bytes()
+    missing.unlink()
+    failed = rescore()
+    assert failed.returncode != 0 and str(missing) in failed.stderr and "left as it was" in failed.stderr
+    assert sorted(p.name for p in shown.iterdir()) == ["fasseg-heldout-committed.png"]
+    assert not (repo / "benchmarks" / "results").exists()
+
+    missing.write_bytes(kept)
+    whole = rescore()
+    assert whole.returncode == 0, whole.stderr
+    # two frontal photos and the three-quarter view (the sample has no profile), each from its own fold
+    overlays = sorted(p.name for p in shown.iterdir())
+    assert overlays == ["fasseg-heldout-frontal_train_1.png", "fasseg-heldout-frontal_train_2.png",
+                        "fasseg-heldout-pose_personne01143p0m45.png"]
+    report = (repo / "benchmarks" / "results" / "real_photos.md").read_text()
+    assert "| all | 12 | 100.00 | 100.00 |" in report and "abc1234" in report
