@@ -147,6 +147,7 @@ def test_rescore_gathers_a_fold_by_the_config_it_trained_with_not_by_the_file_s_
     bench = _benchmark()
     shipped = Config.from_yaml(bench.SHIPPED_CONFIG)
     walls = shipped.with_overrides({"train.augment_background": 0.3})
+    plain = shipped.with_overrides({"train.augment_background": 0.0})
     # A fold trained elsewhere: `--set train.augment_background=0.3` on another clone's copy of the recipe.
     record, run = tmp_path / "fold0.json", tmp_path / "run0"
     run.mkdir()
@@ -161,7 +162,7 @@ def test_rescore_gathers_a_fold_by_the_config_it_trained_with_not_by_the_file_s_
     recipe.write_text(walls.to_yaml())
     assert bench.trained_otherwise(record, run, Config.from_yaml(recipe), 5, "frontal") is None
 
-    refusal = bench.trained_otherwise(record, run, shipped, 5, "frontal")
+    refusal = bench.trained_otherwise(record, run, plain, 5, "frontal")
     assert "train.augment_background=0.3 (asked 0.0)" in refusal and str(run) in refusal
     refusal = bench.trained_otherwise(record, run, walls.with_overrides({"train.seed": 1}), 5, "frontal")
     assert "train.seed=0 (asked 1)" in refusal
