@@ -172,7 +172,7 @@ def test_rescore_gathers_a_fold_by_the_config_it_trained_with_not_by_the_file_s_
     assert "train it first" in bench.trained_otherwise(record, run, walls, 5, "frontal")
 
 
-def _scored_folds(work: Path, bench, config) -> list[list[str]]:
+def _scored_folds(work: Path, bench, config) -> None:
     """What three trained folds of the shipped recipe leave in --work, without the training: each fold's run
     config and record, and predictions equal to the label maps (so every figure is 100%) with overlays."""
     names = sorted(p.stem for p in (SAMPLE / "images").glob("*.jpg"))
@@ -191,7 +191,6 @@ def _scored_folds(work: Path, bench, config) -> list[list[str]]:
             cv2.imwrite(str(work / f"pred{k}" / "overlays" / f"{name}.png"), np.full((4, 4, 3), k, np.uint8))
         (work / f"pred{k}" / "report.json").write_text(json.dumps({"pixel_accuracy": 1.0, "mean_f1": 1.0,
                                                                    "f1": {n: 1.0 for n in FASSEG}}))
-    return groups
 
 
 def test_shipped_report_replaces_the_overlays_only_from_every_fold_and_only_when_all_are_there(tmp_path):
@@ -234,7 +233,7 @@ def test_shipped_report_replaces_the_overlays_only_from_every_fold_and_only_when
     missing.write_bytes(kept)
     whole = rescore()
     assert whole.returncode == 0, whole.stderr
-    # two frontal photos and the three-quarter view (the sample has no profile), each from its own fold
+    # two frontal photos and the three-quarter view (the sample has no profile)
     overlays = sorted(p.name for p in shown.iterdir())
     assert overlays == ["fasseg-heldout-frontal_train_1.png", "fasseg-heldout-frontal_train_2.png",
                         "fasseg-heldout-pose_personne01143p0m45.png"]
