@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceseg.errors import FacesegError
+
 HELEN_NAMES: tuple[str, ...] = ("bg", "face", "lb", "rb", "le", "re", "nose", "ulip", "imouth", "llip", "hair")
 # LaPa's 11 classes, in Helen's order.
 LAPA_NAMES: tuple[str, ...] = ("background", "skin", "left_eyebrow", "right_eyebrow", "left_eye", "right_eye",
@@ -69,7 +71,8 @@ _SIDE_WORDS = {"l": "L", "left": "L", "r": "R", "right": "R"}
 
 
 def normalise(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    """Case-folded letters and digits, of any script: 'Left Eye', 'left_eye' and 'lefteye' are one name."""
+    return re.sub(r"[\W_]+", "", name.casefold())
 
 
 def canonical(name: str) -> str:
@@ -78,8 +81,13 @@ def canonical(name: str) -> str:
 
 
 def metric_key(name: str) -> str:
-    """A class name as it appears in metric keys (val_f1_<key>): lower case, words joined by '_'."""
-    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "class"
+    """A class name as it appears in metric keys (val_f1_<key>): case-folded, runs of anything but letters
+    and digits (of any script) joined into one '_'."""
+    return re.sub(r"[\W_]+", "_", name.casefold()).strip("_") or "class"
+
+
+class TaxonomyError(FacesegError):
+    """A list of class names that cannot be used."""
 
 
 def _side_and_part(name: str) -> tuple[str, str] | None:
@@ -116,13 +124,19 @@ class Taxonomy:
         names = tuple(str(n).strip() for n in self.names)
         object.__setattr__(self, "names", names)
         if not 2 <= len(names) <= MAX_CLASSES:
-            raise ValueError(f"a taxonomy has 2 to {MAX_CLASSES} classes; got {len(names)}: {', '.join(names)}")
+            shown_names = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise TaxonomyError(f"a taxonomy has 2 to {MAX_CLASSES} classes; got {len(names)}: {shown_names[:300]}")
         if any(not n for n in names):
-            raise ValueError("a class name is empty")
-        keys = [metric_key(n) for n in names]
-        duplicates = sorted({n for n, k in zip(names, keys) if keys.count(k) > 1})
+            raise TaxonomyError("a class name is empty")
+        folded = [n.casefold() for n in names]
+        duplicates = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
         if duplicates:
-            raise ValueError(f"class names must differ (ignoring case and punctuation): {', '.join(duplicates)}")
+            raise TaxonomyError(f"class names must differ (ignoring case): {', '.join(duplicates)[:300]}")
+        keys = [metric_key(n) for n in names]
+        clashes = sorted({n for n, k in zip(names, keys) if keys.count(k) > 1})
+        if clashes:
+            raise TaxonomyError(f"class names {', '.join(clashes)[:300]} would share the metric name "
+                                f"val_f1_{keys[names.index(clashes[0])]}; name them apart by more than punctuation")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -241,7 +255,7 @@ class Remap:
         return text
 
 
-class TaxonomyMismatch(ValueError):
+class TaxonomyMismatch(FacesegError):
     pass
 
 
@@ -272,10 +286,10 @@ def build_remap(source: Taxonomy, target: Taxonomy | None = None, allow_unmapped
 
 def read_label_names(path: Path) -> Taxonomy:
     try:
-        names = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
         return Taxonomy(tuple(names))
     except (UnicodeDecodeError, ValueError) as error:
-        raise ValueError(f"{path}: not a list of class names, one a line ({error})") from None
+        raise TaxonomyError(f"{path}: not a list of class names, one a line ({str(error)[:300]})") from None
 
 
 def label_names_text(taxonomy: Taxonomy) -> str:

@@ -1,8 +1,7 @@
-"""Taxonomies from class names alone (flip pairs, Helen groups, name remaps) and the typed config."""
+"""Taxonomies from class names alone: flip pairs, Helen groups, colours, name remaps."""
 import numpy as np
 import pytest
 
-from faceseg.config import Config, ConfigError, parse_assignment
 from faceseg.labels import (CELEBAMASK_NAMES, HELEN, HELEN_NAMES, LAPA_NAMES, Taxonomy, TaxonomyMismatch,
                             build_remap)
 
@@ -62,38 +61,3 @@ def test_celebamask_remap_into_helen_by_name():
     with pytest.raises(TaxonomyMismatch, match="eye_g, l_ear"):
         build_remap(Taxonomy(CELEBAMASK_NAMES), HELEN)
     assert build_remap(Taxonomy(LAPA_NAMES), HELEN).is_identity
-
-
-def test_config_yaml_round_trip_and_unknown_keys(tmp_path):
-    config = Config().with_overrides({"train.learning_rate": 0.01, "model.depth": 3, "train.epochs": None})
-    (tmp_path / "c.yaml").write_text(config.to_yaml())
-    again = Config.from_yaml(tmp_path / "c.yaml")
-    assert again == config and again.train.epochs == Config().train.epochs
-    (tmp_path / "bad.yaml").write_text("train:\n  learning_rat: 0.1\n")
-    with pytest.raises(ConfigError, match="learning_rat"):
-        Config.from_yaml(tmp_path / "bad.yaml")
-
-
-def test_config_values_are_coerced_where_yaml_surprises_and_checked(tmp_path):
-    (tmp_path / "c.yaml").write_text("train:\n  learning_rate: 1e-3\n  epochs: '2'\n  jit: 'yes'\n")
-    config = Config.from_yaml(tmp_path / "c.yaml")
-    assert config.train.learning_rate == 0.001 and config.train.epochs == 2 and config.train.jit is True
-    for raw, message in [({"train": {"epochs": 0}}, r"train.epochs: 0 is out of range \(must be >= 1"),
-                         ({"train": {"schedule": "cosin"}}, "train.schedule: 'cosin' is not one of cosine, step, constant"),
-                         ({"train": {"epochs": 2.5}}, "not a whole number"),
-                         ({"train": {"learning_rate": "fast"}}, "not a number"),
-                         ({"train": {"learning_rate": 0}}, r"must be > 0"),
-                         ({"data": {"size": 100}}, "not divisible by 2\\*\\*model.depth"),
-                         ({"scaling": {"num_workers": True}}, "not a number"),
-                         ({"train": {"warmup_epochs": 2, "schedule": "step"}}, "warm-up"),
-                         ({"model": [1]}, "expected a mapping"),
-                         ({"train": {"repeat": ["frontal_*"]}}, "train.repeat: .* is not a mapping"),
-                         ({"train": {"repeat": {"frontal_*": 0}}}, r"train.repeat.frontal_\*: 0 is out of range"),
-                         ({"train": {"repeat": {"": 2}}}, "is not a file-name pattern"),
-                         ({"train": {"final_model": "first"}}, "not one of best, last")]:
-        with pytest.raises(ConfigError, match=message):
-            Config.from_dict(raw)
-    assert Config.from_dict({"train": {"repeat": {"frontal_*": "5"}}}).train.repeat == {"frontal_*": 5}
-    assert parse_assignment("train.learning_rate=1e-3") == ("train.learning_rate", "1e-3")
-    with pytest.raises(ConfigError, match="section.option=value"):
-        parse_assignment("learning_rate")
