@@ -7,9 +7,16 @@ AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, or an instance role)
 
 Writes appear whole or not at all: on a local disk a file is written under a temporary name in the same
 folder and renamed; an object store's single PUT is atomic by itself.
+
+One rule for every local write and delete (docs/security.md): faceseg never goes through a symbolic link
+below a folder it was given. A user's path is resolved once, in `Location.of`; every path faceseg then
+builds from it (`location / name`) must be its own real path, so a link planted inside an output folder
+(`preds/overlays -> ../data`) is refused by name, never followed. A name read back from a file faceseg
+wrote (predict.json, checkpoint.json) goes through `child`, which keeps it inside its folder.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import posixpath
@@ -22,6 +29,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from faceseg.errors import FacesegError, shown
+
 TEMP_PREFIX = ".faceseg-"   # every temporary file faceseg writes starts so; see temp_name
 
 
@@ -29,6 +38,14 @@ def temp_name(name: str) -> str:
     """The temporary name a file is written under before its rename: short whatever the name's length,
     and one per target name, so a later run finds a killed run's leftover by its exact name."""
     return f"{TEMP_PREFIX}{hashlib.sha1(name.encode()).hexdigest()[:16]}.partial"
+
+
+class PathError(FacesegError):
+    """A path or URI that cannot be used as given."""
+
+
+class UnsafePathError(PathError):
+    """A path that would lead a write or delete outside the folder faceseg was given."""
 
 
 def is_uri(text: str) -> bool:
@@ -54,13 +71,13 @@ class Location:
             return where
         text = str(where)
         if not text:
-            raise ValueError("an empty path")
+            raise PathError("an empty path")
         if is_uri(text):
             parts = urlsplit(text)
             if parts.scheme == "file":
                 return cls(str(Path(parts.path).resolve()))
             if not parts.netloc:
-                raise ValueError(f"{text}: a URI needs a bucket, e.g. s3://bucket/folder")
+                raise PathError(f"{text}: a URI needs a bucket, e.g. s3://bucket/folder")
             key = posixpath.normpath("/" + parts.path).lstrip("/") if parts.path.strip("/") else ""
             return cls(f"{parts.scheme}://{parts.netloc}/{key}".rstrip("/") if key else f"{parts.scheme}://{parts.netloc}")
         return cls(str(Path(text).expanduser().resolve()))
@@ -108,6 +125,15 @@ class Location:
         """The Location of a path on this Location's filesystem (what Ray hands back: no scheme)."""
         return Location(fs_path) if self.is_local else Location.of(f"{urlsplit(self.uri).scheme}://{fs_path}")
 
+    def child(self, name: str) -> "Location":
+        """`self / name` for a relative name read from a file (a record, a manifest): refused unless it
+        stays inside this folder (no absolute path, no '..', no empty part)."""
+        parts = name.split("/") if isinstance(name, str) else None
+        if (not parts or name.startswith("/") or "\\" in name or "\0" in name
+                or any(part in ("", ".", "..") for part in parts)):
+            raise UnsafePathError(f"{self}: {shown(name)} is not a name inside this folder")
+        return self / name
+
     def __truediv__(self, name: str) -> "Location":
         return Location.of(f"{self.uri.rstrip('/')}/{name}") if not self.is_local \
             else Location(str(Path(self.uri) / name))
@@ -117,7 +143,7 @@ class Location:
 
     def local(self) -> Path:
         if not self.is_local:
-            raise ValueError(f"{self.uri}: not a local path")
+            raise PathError(f"{self.uri}: not a local path")
         return Path(self.uri)
 
     def contains(self, other: "Location") -> bool:
@@ -179,7 +205,7 @@ class Location:
 
     def mkdir(self) -> None:
         if self.is_local:
-            Path(self.uri).mkdir(parents=True, exist_ok=True)
+            _mkdirs(Path(self.uri))
         else:
             self.filesystem.create_dir(self.path, recursive=True)
 
@@ -193,11 +219,15 @@ class Location:
         path = Path(self.uri)
         tmp = path.with_name(temp_name(path.name))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            _mkdirs(path.parent)
+            _refuse_link(path)
+            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(data)
+            os.replace(tmp, path)
         except OSError as error:
-            tmp.unlink(missing_ok=True)
+            if not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
             raise OSError(error.errno, f"{path}: cannot write ({error.strerror or error})") from None
 
     def write_text(self, text: str) -> None:
@@ -214,13 +244,19 @@ class Location:
         return False
 
     def delete(self) -> None:
-        """A file or a whole folder; nothing if it is not there."""
+        """A file or a whole folder; nothing if it is not there. Locally, never through a link: a link where
+        faceseg's file or folder should be is refused (it is not faceseg's to remove)."""
+        if self.is_local:
+            path = Path(self.uri)
+            _refuse_link(path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            return
         info = self.info()
         if info.type == pafs.FileType.Directory:
-            if self.is_local:
-                shutil.rmtree(self.uri)
-            else:
-                self.filesystem.delete_dir(self.path)
+            self.filesystem.delete_dir(self.path)
         elif info.type == pafs.FileType.File:
             self.filesystem.delete_file(self.path)
 
@@ -229,6 +265,7 @@ class Location:
         local = Path(local)
         if self.is_local:
             if local.is_dir():
+                _refuse_link(Path(self.uri))
                 shutil.copytree(local, self.uri, dirs_exist_ok=True)
             else:
                 self.write_bytes(local.read_bytes())
@@ -249,6 +286,54 @@ class Location:
             local.parent.mkdir(parents=True, exist_ok=True)
             local.write_bytes(self.read_bytes())
         return local
+
+
+def refuse_links_inside(folder: Location, flag: str) -> None:
+    """A folder faceseg is about to write into again must hold no symbolic link anywhere inside it."""
+    if not folder.is_local or not folder.is_dir():
+        return
+    for root, dirs, files in os.walk(folder.uri):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                raise UnsafePathError(f"{flag} {folder}: {path} is a symbolic link (to {os.readlink(path)}); faceseg "
+                                      "does not write through links. Remove it, or choose another folder")
+
+
+def check_writable(location: Location, flag: str) -> None:
+    """Before any work: a local folder faceseg will create or fill must be creatable and writable (an
+    object store answers only when written to)."""
+    if not location.is_local:
+        return
+    path = Path(location.uri)
+    existing = path
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    _refuse_link(path)
+    if not existing.is_dir():
+        raise UnsafePathError(f"{flag} {location}: {existing} is a file, not a folder")
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise OSError(errno.EROFS, f"{flag} {location}: cannot write ({existing}: Read-only file system)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"{flag} {location}: cannot write ({existing}: permission denied)")
+
+
+def _refuse_link(path: Path) -> None:
+    """Refuse `path` when it, or a folder above it, is reached through a symbolic link: faceseg's own
+    paths are built from a resolved folder, so a link on the way was planted there (UnsafePathError)."""
+    ancestor = path
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if os.path.islink(ancestor) or os.path.realpath(ancestor) != str(ancestor):
+        real = Path(os.path.realpath(ancestor))
+        link = next((p for p in [ancestor, *ancestor.parents] if p.is_symlink()), ancestor)
+        raise UnsafePathError(f"{path}: {link} is a symbolic link (to {real if link == ancestor else os.readlink(link)}); "
+                              "faceseg does not write or delete through links inside a folder it was given")
+
+
+def _mkdirs(path: Path) -> None:
+    _refuse_link(path)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

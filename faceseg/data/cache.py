@@ -18,20 +18,44 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from faceseg.errors import FacesegError
 from faceseg.labels import Taxonomy
 from faceseg.storage import Location
 
 MANIFEST = "manifest.json"
 FORMAT = "faceseg-cache-3"          # fixed-size binary tensor columns; the data set's own classes
 TENSOR_COLUMNS = ("image", "mask")
-IN_MEMORY_POLICIES = ("auto", "yes", "no")
 IN_MEMORY_SHARE = 0.5   # of Ray's free worker memory that `auto` lets one split take
 # Images barely compress and are read every epoch; masks are mostly runs of a few ids.
 PARQUET_OPTIONS = {"use_dictionary": False, "compression": {"image": "none", "mask": "zstd"}}
 
 
-class CacheError(ValueError):
+class CacheError(FacesegError):
     pass
+
+
+class Manifest(BaseModel):
+    """manifest.json, checked before anything in it is used (prepare writes more keys; they ride along)."""
+
+    model_config = ConfigDict(extra="allow")
+    format: str
+    size: int = Field(ge=16, le=2048)
+    counts: dict[str, int]
+    label_names: list[str]
+    class_pixel_frequency: list[float]
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        Taxonomy(tuple(self.label_names))
+        if len(self.class_pixel_frequency) != len(self.label_names):
+            raise ValueError(f"{len(self.class_pixel_frequency)} class pixel frequencies for "
+                             f"{len(self.label_names)} label names")
+        unknown = set(self.counts) - {"train", "val", "test"}
+        if unknown or any(n < 0 for n in self.counts.values()):
+            raise ValueError(f"counts {self.counts} are not rows of the train, val and test splits")
+        return self
 
 
 def tensor_shapes(size: int) -> dict[str, tuple[int, ...]]:
@@ -96,12 +120,51 @@ class Cache:
             manifest = json.loads(manifest_file.read_text())
             if not isinstance(manifest, dict):
                 raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as error:
-            raise CacheError(f"{manifest_file}: damaged ({error}); rebuild the cache with `faceseg prepare`") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise CacheError(f"{manifest_file}: damaged ({str(error)[:200]}); rebuild the cache with "
+                             "`faceseg prepare`") from None
         if manifest.get("format") != FORMAT:
-            raise CacheError(f"{location}: cache format {manifest.get('format', 'faceseg-cache-1')!r} was written by "
-                             f"another faceseg; this one reads {FORMAT!r}. Rebuild it with `faceseg prepare`")
+            raise CacheError(f"{location}: cache format {str(manifest.get('format', 'faceseg-cache-1'))[:40]!r} was "
+                             f"written by another faceseg; this one reads {FORMAT!r}. Rebuild it with `faceseg prepare`")
+        try:
+            Manifest.model_validate(manifest)
+        except (ValidationError, ValueError) as error:
+            reason = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}"[:200] for e in error.errors()[:3]) \
+                if isinstance(error, ValidationError) else str(error)[:200]
+            raise CacheError(f"{manifest_file}: damaged ({reason}); rebuild the cache with `faceseg prepare`") from None
         return cls(location, manifest)
+
+    def check_files(self, splits=("train", "val")) -> None:
+        """The Parquet files agree with the manifest: tensors of its size, its row counts, and no mask id
+        beyond its class names. Read before training starts (masks only; they are small), so that a wrong
+        manifest stops at once, naming it, not mid-run inside a Ray task."""
+        import pyarrow.dataset as pads
+
+        width = {"image": self.size * self.size * 3, "mask": self.size * self.size}
+        classes = len(self.manifest["label_names"])
+        for split in splits:
+            if not self.count(split):
+                continue
+            location = self._split_location(split)
+            try:
+                dataset = pads.dataset(location.path, filesystem=location.filesystem, format="parquet")
+                for column, bytes_ in width.items():
+                    kind = dataset.schema.field(column).type
+                    if kind != pa.binary(bytes_):
+                        raise CacheError(f"{location}: column {column} holds {kind}, not the {bytes_}-byte tensors of a "
+                                         f"{self.size}-px cache; {self.location / MANIFEST} says size {self.size}")
+                rows, highest = 0, 0
+                for batch in dataset.to_batches(columns=["mask"], batch_size=256):
+                    masks = decode_tensor(batch.column(0), (self.size, self.size))
+                    rows += len(masks)
+                    highest = max(highest, int(masks.max()) if len(masks) else 0)
+            except (OSError, KeyError, pa.ArrowException) as error:
+                raise CacheError(f"{location}: cannot read the split ({str(error)[:200]}); rebuild the cache") from None
+            if rows != self.count(split):
+                raise CacheError(f"{location}: {rows} rows, but {self.location / MANIFEST} counts {self.count(split)}")
+            if highest >= classes:
+                raise CacheError(f"{location}: masks hold class id {highest}, but {self.location / MANIFEST} names "
+                                 f"{classes} classes (ids 0..{classes - 1}); rebuild the cache")
 
     @property
     def size(self) -> int:
@@ -144,8 +207,6 @@ class Cache:
         """
         import ray
 
-        if in_memory not in IN_MEMORY_POLICIES:
-            raise ValueError(f"data.in_memory must be one of {', '.join(IN_MEMORY_POLICIES)}, not {in_memory!r}")
         free = ray.available_resources().get("memory", 0)
         return in_memory == "yes" or (in_memory == "auto" and copies * self.split_bytes(split) < IN_MEMORY_SHARE * free)
 

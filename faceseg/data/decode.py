@@ -6,31 +6,64 @@ Nothing here trusts a file: sizes are read from the header and checked before an
 """
 from __future__ import annotations
 
+import os
+import stat
+
 import cv2
 import numpy as np
 
 from faceseg.data.layouts import Sample
+from faceseg.errors import FacesegError
 from faceseg.labels import Remap, Taxonomy
 from faceseg.storage import Location
 
 ASPECT_TOLERANCE = 0.02          # relative; label maps may be scaled copies of the image, never reshaped
 MAX_IMAGE_PIXELS = 100_000_000   # 10000 x 10000; a header claiming more is refused before decoding
+# What one decode may hold: the decoded array as the header says it will be (pixels x channels x bytes per
+# channel), so a small 16-bit RGBA PNG cannot cost gigabytes. 100 megapixels of 8-bit RGB fit.
+MAX_DECODE_BYTES = 3 * MAX_IMAGE_PIXELS
+MAX_FILE_BYTES = 256 << 20       # an encoded image or label map
 
 
-class BadFileError(ValueError):
+class BadFileError(FacesegError):
     def __init__(self, path: str, reason: str):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = str(path), reason
 
 
-def read_bytes(path: str) -> np.ndarray:
+_KINDS = {stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
+
+
+def not_a_regular_file(path: str) -> str | None:
+    """Why a local path is not a regular file faceseg can read (a FIFO would block forever), or None."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None                   # missing or unreadable: the read says so
+    return None if stat.S_ISREG(mode) else f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), 'special file')})"
+
+
+def read_bytes(path: str, limit: int = MAX_FILE_BYTES) -> np.ndarray:
     try:
         if "://" in path:
-            data = np.frombuffer(Location.of(path).read_bytes(), dtype=np.uint8)
+            location = Location.of(path)
+            size = location.info().size
+            if size is not None and size > limit:
+                raise BadFileError(path, f"{size} bytes, more than the {limit} faceseg reads")
+            data = np.frombuffer(location.read_bytes(), dtype=np.uint8)
         else:
+            reason = not_a_regular_file(path)
+            if reason:
+                raise BadFileError(path, reason)
+            size = os.path.getsize(path)
+            if size > limit:
+                raise BadFileError(path, f"{size} bytes, more than the {limit} faceseg reads")
             data = np.fromfile(path, dtype=np.uint8)   # copes with any file name, where cv2.imread may not
     except (OSError, ValueError) as error:
-        raise BadFileError(path, f"cannot read file ({error.__class__.__name__}: {error})") from None
+        if isinstance(error, BadFileError):
+            raise
+        raise BadFileError(path, f"cannot read file ({error.__class__.__name__}: {str(error)[:200]})") from None
     if data.size == 0:
         raise BadFileError(path, "empty file (0 bytes)")
     return data
@@ -74,6 +107,24 @@ def png_size(data: np.ndarray) -> tuple[int, int] | None:
     if head[:8] != b"\x89PNG\r\n\x1a\n" or len(head) < 24:
         return None
     return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}       # IHDR colour type -> channels as decoded
+
+
+def _png_sample_bytes(data: np.ndarray) -> int:
+    """Bytes per pixel of a PNG decoded as it is stored (IMREAD_UNCHANGED): channels x (1 or 2)."""
+    head = data[:26].tobytes()
+    depth, colour = (head[24], head[25]) if len(head) >= 26 else (8, 6)
+    return _PNG_CHANNELS.get(colour, 4) * (2 if depth == 16 else 1)
+
+
+def _jpeg_components(data: np.ndarray) -> int:
+    for marker, at in _jpeg_segments(data):
+        if marker in _JPEG_FRAME_MARKERS:
+            count = data[at + 9:at + 10].tobytes()
+            return count[0] if count else 3
+    return 3
 
 
 def _jpeg_is_truncated(data: np.ndarray) -> bool:
@@ -133,6 +184,9 @@ def _to_rgb(path: str, image: np.ndarray) -> np.ndarray:
     raise BadFileError(path, f"unsupported number of channels {image.shape[2]}")
 
 
+PHOTO = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION    # 8-bit BGR from any depth and channels
+
+
 def decode_image(data: np.ndarray, path: str, size: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
     """Encoded bytes of any JPEG/PNG/... (grey, RGB, RGBA, 8 or 16 bit) -> ((H', W', 3) uint8 RGB, (H, W)).
 
@@ -145,7 +199,7 @@ def decode_image(data: np.ndarray, path: str, size: int | None = None) -> tuple[
     if scale > 1:
         image = _decode(path, _REDUCED_DECODE[scale] | cv2.IMREAD_IGNORE_ORIENTATION, data)
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), original
-    image = _to_rgb(path, _decode(path, cv2.IMREAD_UNCHANGED, data))
+    image = _to_rgb(path, _decode(path, PHOTO, data))
     return image, image.shape[:2]
 
 
@@ -164,7 +218,9 @@ def decode_image_and_detail(data: np.ndarray, path: str, size: int,
     return image, decode_image(data, path, detail_size)[0], original
 
 
-def _read_grey_ids(path: str) -> np.ndarray:
+def read_ids(path: str) -> np.ndarray:
+    """A grey label map (or a prediction) as (H, W) uint8 class ids, exactly as stored: 8 or 16 bit, grey or
+    grey in every channel; an id above 255 is refused."""
     label = _decode(path, cv2.IMREAD_UNCHANGED, read_bytes(path))
     if label.ndim == 3:
         channels = label[..., :3]
@@ -183,7 +239,7 @@ def _merge_parts(parts: tuple[tuple[int, str], ...]) -> np.ndarray:
     """CelebAMask-HQ raw masks: paint each part in the official order, later parts on top."""
     merged = None
     for source_id, path in parts:
-        mask = _read_grey_ids(path)
+        mask = read_ids(path)
         if merged is None:
             merged = np.zeros(mask.shape, np.uint8)
         elif mask.shape != merged.shape:
@@ -195,7 +251,7 @@ def _merge_parts(parts: tuple[tuple[int, str], ...]) -> np.ndarray:
 
 def read_source_ids(sample: Sample, taxonomy: Taxonomy) -> np.ndarray:
     """(H, W) uint8 ids of the data set's own taxonomy, each one checked to have a class name."""
-    source = _read_grey_ids(sample.label) if sample.label else _merge_parts(sample.parts)
+    source = read_ids(sample.label) if sample.label else _merge_parts(sample.parts)
     named = taxonomy.num_classes
     if source.max() >= named:
         bad = np.unique(source[source >= named])

@@ -6,20 +6,24 @@ Discovery only lists files and decides splits, class names and output names; dec
 from __future__ import annotations
 
 import json
+import os
+import stat
 import zlib
 from dataclasses import dataclass, field, replace
 
-from faceseg.labels import CELEBAMASK_NAMES, HELEN_NAMES, LAPA_NAMES, Taxonomy, read_label_names
+from faceseg.config import choices
+from faceseg.errors import FacesegError
+from faceseg.labels import CELEBAMASK_NAMES, HELEN_NAMES, LAPA_NAMES, Taxonomy
 from faceseg.storage import Location
 
-LAYOUTS = ("helenstar", "lapa", "celebamask-hq", "pairs")
+LAYOUTS = choices("data.layout")[1:]          # after "auto"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
 VAL_FRACTION = 0.1
 LABEL_NAMES_FILE = "label_names.txt"
 
 
-class DatasetError(ValueError):
+class DatasetError(FacesegError):
     """A data set that cannot be used as given; the message names the path and the reason."""
 
 
@@ -70,8 +74,29 @@ class Source:
         return counts
 
 
+# The first bytes of the image formats faceseg decodes: a photo saved without an extension is still one.
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _looks_like_image(location: Location) -> bool:
+    """An extensionless regular file that starts like an image (a FIFO or device is never opened)."""
+    try:
+        if location.is_local:
+            if not stat.S_ISREG(os.stat(location.uri).st_mode):
+                return False
+            with open(location.uri, "rb") as stream:
+                head = stream.read(12)
+        else:
+            with location.filesystem.open_input_file(location.path) as stream:
+                head = stream.read(12)
+    except OSError:
+        return False
+    return head.startswith(MAGIC) and (not head.startswith(b"RIFF") or head[8:12] == b"WEBP")
+
+
 def _images_in(folder: Location) -> list[Location]:
-    return [f for f in folder.files() if f.suffix.lower() in IMAGE_SUFFIXES]
+    return [f for f in folder.files()
+            if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and _looks_like_image(f))]
 
 
 def _split_of(folder: Location) -> str:
@@ -82,9 +107,13 @@ def _taxonomy(names_file: Location | None, default: tuple[str, ...], layout: str
     if names_file is None:
         return Taxonomy(default), f"the {layout} layout's {len(default)} classes"
     try:
-        with_names = names_file.read_text()
+        if (names_file.info().size or 0) > 1 << 20:
+            raise DatasetError(f"{names_file}: too large for a list of class names")
+        with_names = names_file.read_bytes().decode("utf-8")
     except OSError as error:
         raise DatasetError(f"{names_file}: cannot read ({error})") from None
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{names_file}: not a text file of class names (not UTF-8 at byte {error.start})") from None
     names = [line.strip() for line in with_names.splitlines() if line.strip()]
     try:
         return Taxonomy(tuple(names)), str(names_file)
@@ -288,7 +317,7 @@ def discover(root: Location | str, layout: str = "auto", label_names: Location |
         images = root / "images" if (root / "images").is_dir() else root
         source = discover_pairs(images, labels, label_names, require_labels, root)
     else:
-        raise DatasetError(f"unknown layout {layout!r}; choose from auto, {', '.join(LAYOUTS)}")
+        raise DatasetError(f"unknown layout {str(layout)[:40]!r}; choose from auto, {', '.join(LAYOUTS)}")
     if label_names is not None and layout != "pairs":
         source.taxonomy, source.names_from = _taxonomy(Location.of(label_names), (), layout)
     return with_unique_prediction_names(source)
@@ -299,8 +328,12 @@ def discover_images(folder: Location | str) -> Source:
     folder = Location.of(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: no such folder")
-    samples = _paired_by_stem(folder, None, "test", False, [])
-    return Source(folder, "images", samples, Taxonomy(HELEN_NAMES), names_from="(no labels)")
+    problems: list = []
+    samples = _paired_by_stem(folder, None, "test", False, problems)
+    taken = {Location.of(s.image).name for s in samples}
+    problems += [(str(f), f"not an image faceseg reads ({', '.join(IMAGE_SUFFIXES)}, or an image without an "
+                          "extension)") for f in folder.files() if f.name not in taken and not f.name.startswith(".")]
+    return Source(folder, "images", samples, Taxonomy(HELEN_NAMES), problems, names_from="(no labels)")
 
 
 def with_unique_prediction_names(source: Source) -> Source:

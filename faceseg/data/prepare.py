@@ -26,13 +26,14 @@ import numpy as np
 import pyarrow as pa
 
 import faceseg
-from faceseg.config import CLASS_MODES, DataConfig, check_value
+from faceseg.config import check_value, default
+from faceseg.errors import FacesegError
 from faceseg.data.cache import FORMAT, MANIFEST, PARQUET_OPTIONS, encode_tensor
 from faceseg.data.decode import BadFileError, class_pixel_counts, load_sample
 from faceseg.data.layouts import SPLITS, DatasetError, Sample, Source, discover, discover_pairs, hold_out_validation
 from faceseg.labels import HELEN, Remap, build_remap
 from faceseg.runtime import connect
-from faceseg.storage import Location
+from faceseg.storage import Location, check_writable, refuse_links_inside
 
 BATCH_SIZE = 16
 TASKS_PER_CPU = 4          # waves of tasks per core: the last wave leaves cores idle, so not too few
@@ -49,7 +50,7 @@ def rows_per_task(samples: int) -> int:
     return int(min(high, max(low, math.ceil(samples / (TASKS_PER_CPU * cpus)))))
 
 
-class PrepareError(ValueError):
+class PrepareError(FacesegError):
     pass
 
 
@@ -141,8 +142,7 @@ def report_problems(problems: list[tuple[str, str]], strict: bool, what: str = "
 
 def cache_remap(source: Source, classes: str) -> Remap:
     """The data set's own classes, or Helen's 11 by name (classes without a counterpart -> background)."""
-    if classes not in CLASS_MODES:
-        raise PrepareError(f"--classes must be one of {', '.join(CLASS_MODES)}, not {classes!r}")
+    check_value("data.classes", classes)
     return build_remap(source.taxonomy, HELEN if classes == "helen" else None, allow_unmapped=True)
 
 
@@ -153,15 +153,24 @@ def _check_destination(out: Location, source: Source) -> None:
         raise PrepareError(f"{out}: is a file; --out names the cache folder to write")
     if out.is_dir() and not (out / MANIFEST).is_file() and not _is_partial_cache(out) and out.list():
         raise PrepareError(f"{out}: exists and is not a faceseg cache; refusing to overwrite it")
+    foreign = [entry.name for entry, _ in out.list() if not _is_cache_entry(entry.name)] if out.is_dir() else []
+    if foreign:
+        raise PrepareError(f"{out}: a cache folder that also holds {', '.join(foreign[:3])}, which faceseg did not "
+                           "write; refusing to replace it")
+    refuse_links_inside(out, "--out")
+
+
+def _is_cache_entry(name: str) -> bool:
+    return name == MANIFEST or name.startswith("split=") or name == TALLY_DIR
 
 
 def _is_partial_cache(folder: Location) -> bool:
     """What an interrupted prepare leaves on an object store: split folders and tallies, no manifest."""
     names = [entry.name for entry, _ in folder.list()]
-    return bool(names) and all(n.startswith("split=") or n == TALLY_DIR for n in names)
+    return bool(names) and all(_is_cache_entry(n) for n in names if n != MANIFEST)
 
 
-def prepare_cache(source: Source, out: Location | str, size: int = DataConfig.size, strict: bool = False,
+def prepare_cache(source: Source, out: Location | str, size: int = default("data.size"), strict: bool = False,
                   classes: str = "own") -> PrepareSummary:
     """Decode `source` into the Parquet cache at `out` (Ray must be up); returns what was written."""
     import ray.data
@@ -254,13 +263,14 @@ def find_source(data: str | None = None, *, layout: str = "auto", label_names: s
     return discover(data, layout, label_names)
 
 
-def prepare(data: str | None, out: str, *, size: int = DataConfig.size, layout: str = "auto",
+def prepare(data: str | None, out: str, *, size: int = default("data.size"), layout: str = "auto",
             label_names: str | None = None, classes: str = "own", images: str | None = None,
             masks: str | None = None, strict: bool = False, address: str | None = None) -> PrepareSummary:
     """`faceseg prepare`: find the data set, check the destination, then decode it on Ray."""
     size = check_value("data.size", size)
     source = find_source(data, layout=layout, label_names=label_names, images=images, masks=masks)
     _check_destination(Location.of(out), source)
+    check_writable(Location.of(out), "--out")
     cache_remap(source, classes)
     connect(address)
     return prepare_cache(source, out, size, strict, classes)

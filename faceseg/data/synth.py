@@ -6,6 +6,7 @@ label map are drawn from the same geometry. `le`/`lb` sit on the image's left, a
 """
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from faceseg.errors import FacesegError
 from faceseg.labels import HELEN, HELEN_NAMES, label_names_text
+from faceseg.storage import Location, check_writable, refuse_links_inside
+
+RECORD = "synth.json"        # what `faceseg synth` wrote here, so that a re-run replaces only that
+MIN_SIZE, MAX_SIZE, MAX_IMAGES = 32, 4096, 1_000_000
 
 CLASS_ID = {name: i for i, name in enumerate(HELEN_NAMES)}
 
@@ -214,15 +220,57 @@ def _write_one(job: _Job) -> None:
     cv2.imwrite(str(job.out_dir / f"{name}_label.png"), label)
 
 
+class SynthError(FacesegError):
+    pass
+
+
+def _names(split: str, count: int) -> list[str]:
+    return [f"{split}/{split}_{i:05d}_{kind}" for i in range(count) for kind in ("image.jpg", "label.png")]
+
+
+def check_synth_output(out: Path) -> dict | None:
+    """OUT must be new, empty, or a data set `faceseg synth` wrote (its record, synth.json); returns that record."""
+    location = Location.of(out)
+    if location.is_file():
+        raise SynthError(f"{location}: is a file; name a folder for the data set")
+    refuse_links_inside(location, "synth")
+    check_writable(location, "synth")
+    record = location / RECORD
+    if record.is_file():
+        try:
+            written = json.loads(record.read_text())
+            return {"train": int(written["train"]), "test": int(written["test"])}
+        except (ValueError, KeyError, TypeError) as error:
+            raise SynthError(f"{record}: damaged ({str(error)[:100]}); remove the folder or choose another") from None
+    if location.is_dir() and location.list():
+        raise SynthError(f"{location}: exists and holds files `faceseg synth` did not write (no {RECORD}); "
+                         "choose a new or empty folder")
+    return None
+
+
 def write_synthetic_dataset(out: Path, train: int = 200, test: int = 40, size: int = 256,
                             seed: int = 0, workers: int | None = None) -> dict:
-    """Write OUT/train, OUT/test and OUT/label_names.txt; returns counts and timing."""
-    out = Path(out)
+    """Write OUT/train, OUT/test and OUT/label_names.txt; returns counts and timing. An earlier synthetic
+    set in OUT is replaced, its files removed by their exact names; anything else in OUT is refused."""
+    if not all(isinstance(n, int) and not isinstance(n, bool) for n in (train, test, size, seed)):
+        raise SynthError("--train, --test, --size and --seed are whole numbers")
+    if train < 0 or test < 0 or train + test < 1 or train + test > MAX_IMAGES:
+        raise SynthError(f"--train and --test: 0 or more images each, 1 to {MAX_IMAGES} in all")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise SynthError(f"--size {size}: synthetic faces are {MIN_SIZE} to {MAX_SIZE} px")
+    out = Location.of(out)
+    earlier = check_synth_output(out.local())
+    if earlier:
+        for name in _names("train", earlier["train"]) + _names("test", earlier["test"]):
+            out.child(name).delete()
+    out = out.local()
     jobs = []
     for split, count in (("train", train), ("test", test)):
-        (out / split).mkdir(parents=True, exist_ok=True)
+        Location.of(out / split).mkdir()
         jobs += [_Job(out / split, split, i, size, seed) for i in range(count)]
     (out / "label_names.txt").write_text(label_names_text(HELEN))
+    Location.of(out / RECORD).write_text(json.dumps({"format": "faceseg-synth-1", "train": train, "test": test,
+                                                     "size": size, "seed": seed}))
     start = time.perf_counter()
     # Rendering is CPU-bound numpy/OpenCV: processes, not threads. Tasks are ~ms, so chunk them.
     with ProcessPoolExecutor(max_workers=workers) as pool:

@@ -4,11 +4,19 @@ accuracy, and Helen's F1 groups (eyes, brows, mouth, overall) when the classes a
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
+from faceseg.errors import FacesegError
 from faceseg.labels import HELEN_GROUPS, Taxonomy, metric_key
 
 CHUNK_PIXELS = 1 << 22
+REPORT_FORMAT = "faceseg-report-1"
+
+
+class LabelMapError(FacesegError):
+    """A label map or prediction that cannot be scored against its pair (callers add the file's name)."""
 
 
 class ConfusionMatrix:
@@ -23,11 +31,11 @@ class ConfusionMatrix:
     def add(self, gt: np.ndarray, pred: np.ndarray) -> "ConfusionMatrix":
         """Accumulate one image (H, W) or a batch (B, H, W) of class ids."""
         if gt.shape != pred.shape:
-            raise ValueError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
+            raise LabelMapError(f"ground truth {gt.shape} and prediction {pred.shape} differ in shape")
         images = 1 if gt.ndim == 2 else gt.shape[0]
         n = self.taxonomy.num_classes
         if gt.size and max(int(gt.max()), int(pred.max())) >= n:
-            raise ValueError(f"class id {max(int(gt.max()), int(pred.max()))} is outside 0..{n - 1}")
+            raise LabelMapError(f"class id {max(int(gt.max()), int(pred.max()))} is outside 0..{n - 1}")
         gt, pred = gt.reshape(-1), pred.reshape(-1)
         for start in range(0, gt.size, CHUNK_PIXELS):   # int64 indices a chunk at a time: bounded memory
             index = gt[start:start + CHUNK_PIXELS].astype(np.int64) * n + pred[start:start + CHUNK_PIXELS]
@@ -63,6 +71,7 @@ class ConfusionMatrix:
         foreground = [name for i, name in enumerate(taxonomy.names) if i != taxonomy.background]
         iou = self.iou()
         return {
+            "format": REPORT_FORMAT,
             "f1": f1,
             "iou": {name: float(value) for name, value in zip(taxonomy.names, iou)},
             "mean_f1": float(np.mean([f1[name] for name in foreground])),
@@ -94,3 +103,26 @@ def format_report(report: dict) -> str:
     lines.append(f"mean F1 {100 * report['mean_f1']:.2f}%   mean IoU {100 * report['mean_iou']:.2f}%   "
                  f"pixel accuracy {100 * report['pixel_accuracy']:.2f}%   images {report['images']}")
     return "\n".join(lines)
+
+
+def write_report(report: dict, where) -> None:
+    from faceseg.storage import Location
+
+    location = Location.of(where)
+    location.parent.mkdir()
+    location.write_text(json.dumps(report, indent=2))
+
+
+def is_report(where) -> bool:
+    """Whether the file is a report faceseg wrote (evaluate --json may replace it, nothing else)."""
+    from faceseg.storage import Location
+
+    try:
+        location = Location.of(where)
+        if (location.info().size or 0) > 64 << 20:
+            return False
+        report = json.loads(location.read_text())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(report, dict) and (report.get("format") == REPORT_FORMAT
+                                         or {"f1", "iou", "pixel_accuracy", "label_names"} <= set(report))

@@ -10,6 +10,11 @@ Serve batch (`@serve.batch`): concurrent requests share one forward pass, then e
 are resized and argmaxed at its own size, the same code path as FaceParser and `faceseg predict`.
 Bad requests get a 4xx and a message; the replica keeps serving.
 
+Bounded work per request (docs/security.md): a body is read as it arrives, up to MAX_BODY_BYTES (chunked
+or not) and within BODY_TIMEOUT_S, else 413 or 408; at most DECODES images are decoded at once, each
+bounded by the bytes its decode takes (faceseg/data/decode.py); a replica admits MAX_ONGOING requests,
+so slow clients hold slots for BODY_TIMEOUT_S at most and /healthz, which reads no body, still answers.
+
 Also deployable from a Serve config file: `serve deploy cluster/serve.yaml` (import_path
 faceseg.serve.app:build_app).
 """
@@ -21,12 +26,40 @@ import json
 import numpy as np
 
 from faceseg.data.decode import BadFileError, encode_png
+from faceseg.errors import FacesegError
 from faceseg.runtime import Needs, connect
 from faceseg.serve import MAX_BATCH_SIZE
 
-MAX_BODY_BYTES = 32 << 20
+MAX_BODY_BYTES = 16 << 20
+BODY_TIMEOUT_S = 15.0         # to receive a whole body
+DECODES = 2                   # images decoded at once per replica
+MAX_ONGOING = 64              # requests a replica admits at once: bodies arriving, decoding, in a batch
 IMAGE_TYPES = ("image/", "application/octet-stream")
 DEPLOYMENT = "FaceParsingService"
+
+
+class BodyError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_S) -> bytes:
+    """The request's body, read chunk by chunk: stops at `limit` bytes (413) or after `timeout` s (408),
+    whatever Content-Length says."""
+    async def gather() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyError(413, f"the body is more than {limit} bytes; at most {limit} are accepted")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(gather(), timeout)
+    except asyncio.TimeoutError:
+        raise BodyError(408, f"the body did not arrive within {timeout:g} s") from None
 
 
 def _service_class():
@@ -38,10 +71,13 @@ def _service_class():
     @serve.deployment(name=DEPLOYMENT)
     class FaceParsingService:
         def __init__(self, model: str, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_timeout_s: float = 0.01):
-            from faceseg.parser import FaceParser
+            from faceseg.backend import quiet_tensorflow
+            from faceseg.predict.parser import FaceParser
             from faceseg.runtime import keep_freed_memory
 
             keep_freed_memory()
+            quiet_tensorflow()
+            self.decodes = asyncio.Semaphore(DECODES)
             self.parser = FaceParser.load(model)
             self.model = str(self.parser.info.location)
             self.metrics = self.parser.info.meta.get("metrics", {})
@@ -77,14 +113,16 @@ def _service_class():
                                         "(e.g. curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg')")
             declared = request.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                return self._error(413, f"the body is {declared} bytes; at most {MAX_BODY_BYTES} are accepted")
-            body = await request.body()
+                return self._error(413, f"the body is {declared[:20]} bytes; at most {MAX_BODY_BYTES} are accepted")
+            try:
+                body = await read_body(request)
+            except BodyError as error:
+                return self._error(error.status, str(error))
             if not body:
                 return self._error(400, "empty body: POST the image's bytes")
-            if len(body) > MAX_BODY_BYTES:
-                return self._error(413, f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted")
             try:
-                item = await asyncio.to_thread(self._read, bytes(body))
+                async with self.decodes:
+                    item = await asyncio.to_thread(self._read, body)
             except BadFileError as error:
                 status = 413 if "more than" in error.reason else 400
                 return self._error(status, f"the body is not a usable image: {error.reason}")
@@ -110,16 +148,17 @@ def build_app(args: dict):
     args = dict(args)
     model = args.pop("model", None)
     if not model:
-        raise ValueError("the faceseg Serve application needs args.model: a run folder, .keras file or URI")
+        raise FacesegError("the faceseg Serve application needs args.model: a shipped name, a run folder, .keras "
+                           "file or URI")
     inspect_model(model)                     # refuse an unsafe or missing model before any replica starts
     replicas, gpus, cpus = int(args.pop("replicas", 1)), float(args.pop("num_gpus", 0)), float(args.pop("num_cpus", 1))
     unknown = set(args) - {"max_batch_size", "batch_wait_timeout_s"}
     if unknown:
-        raise ValueError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}")
+        raise FacesegError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}")
     options = {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
-    # Serve lets 5 requests into a replica at a time by default: batches could never fill, and the requests
-    # queued in front of it cost the proxy more the more there are. Two full batches in, one forming.
-    ongoing = 2 * int(args.get("max_batch_size", MAX_BATCH_SIZE))
+    # Serve lets 5 requests into a replica at a time by default: batches could never fill. Requests waiting
+    # for their bodies or a decode slot are cheap (bounded above), and /healthz must find a slot among them.
+    ongoing = max(MAX_ONGOING, 4 * int(args.get("max_batch_size", MAX_BATCH_SIZE)))
     return _service_class().options(num_replicas=replicas, ray_actor_options=options,
                                     max_ongoing_requests=ongoing).bind(model=str(model), **args)
 
@@ -130,7 +169,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: in
     from faceseg.model.saved import inspect_model
 
     if replicas < 1 or max_batch_size < 1 or num_gpus < 0 or not 0 < port < 65536:
-        raise ValueError("--replicas and --max-batch-size must be >= 1, --num-gpus >= 0, --port 1..65535")
+        raise FacesegError("--replicas and --max-batch-size must be >= 1, --num-gpus >= 0, --port 1..65535")
     inspect_model(model)
     share = connect(address, Needs(cpus=0.0 if num_gpus else replicas, gpus=replicas * num_gpus,
                                    what=f"{replicas} Serve replica(s)", flags="--replicas / --num-gpus"))

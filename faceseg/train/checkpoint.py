@@ -8,6 +8,7 @@ resumed run skips it with a warning naming it and restores the newest checkpoint
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import re
@@ -16,15 +17,26 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from faceseg.errors import FacesegError
 from faceseg.storage import Location
-
-MANIFEST = "checkpoint.json"
-HISTORY_FILE = "metrics.jsonl"
-STATE_DIR = "train_state"
+from faceseg.train.layout import CHECKPOINT_MANIFEST as MANIFEST
+from faceseg.train.layout import HISTORY_FILE
 
 
 class CheckpointWriteError(OSError):
     pass
+
+
+class CheckpointError(FacesegError):
+    pass
+
+
+def write_error(error: OSError, where) -> CheckpointWriteError:
+    """One line for a failed checkpoint write, naming the place."""
+    if error.errno == errno.ENOSPC or "No space left" in str(error):
+        return CheckpointWriteError(errno.ENOSPC, f"disk full at {where}")
+    return CheckpointWriteError(error.errno or errno.EIO, f"cannot write a checkpoint at {where}: "
+                                                          f"{error.strerror or str(error).splitlines()[0]}")
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -39,7 +51,7 @@ def epoch_of(name: str) -> int | None:
 
 
 def read_history_text(text: str, where: str) -> list[dict]:
-    """metrics.jsonl -> rows; raises ValueError naming `where` if a line is not a metrics row."""
+    """metrics.jsonl -> rows; raises CheckpointError naming `where` if a line is not a metrics row."""
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -48,11 +60,11 @@ def read_history_text(text: str, where: str) -> list[dict]:
             row = json.loads(line)
             if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
                 raise ValueError("no epoch number")
-        except ValueError as error:
-            raise ValueError(f"{where}: line {number} is not a metrics row ({error})") from None
+        except (ValueError, RecursionError) as error:
+            raise CheckpointError(f"{where}: line {number} is not a metrics row ({str(error)[:200]})") from None
         rows.append(row)
     if [row["epoch"] for row in rows] != list(range(1, len(rows) + 1)):
-        raise ValueError(f"{where}: epochs {[row['epoch'] for row in rows]} are not 1, 2, ... in order")
+        raise CheckpointError(f"{where}: epochs {[row['epoch'] for row in rows]} are not 1, 2, ... in order")
     return rows
 
 
@@ -75,17 +87,19 @@ def check(folder: Path) -> str | None:
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
         files = manifest["files"]
+        checked = {name: (Location.of(folder).child(name), int(expected["bytes"]), str(expected["sha256"]))
+                   for name, expected in files.items()}
     except FileNotFoundError:
         return f"no {MANIFEST} (the write did not finish)"
-    except (ValueError, KeyError, TypeError) as error:
-        return f"{MANIFEST} is damaged ({error})"
-    for name, expected in files.items():
-        path = folder / name
-        if not path.is_file():
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        return f"{MANIFEST} is damaged ({str(error)[:200]})"
+    for name, (location, size, sha256) in checked.items():
+        path = location.local()
+        if not path.is_file() or path.is_symlink():
             return f"{name} is missing"
         data = path.read_bytes()
-        if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
-            return f"{name} is {len(data)} bytes, not the {expected['bytes']} written, or its content changed"
+        if len(data) != size or hashlib.sha256(data).hexdigest() != sha256:
+            return f"{name} is {len(data)} bytes, not the {size} written, or its content changed"
     try:
         history = read_history_text((folder / HISTORY_FILE).read_text(), HISTORY_FILE)
     except (OSError, ValueError) as error:
@@ -111,13 +125,13 @@ def candidates(root: Location | tuple[Location, ...], latest: Location | None = 
 
 def restore_newest_whole(locations: list[Location], identity: dict) -> tuple[Path, dict] | None:
     """Download the candidates in turn and return (a local copy, its manifest) of the first that is
-    whole; each damaged one is named in a warning. Raises ValueError when the newest whole checkpoint
+    whole; each damaged one is named in a warning. Raises CheckpointError when the newest whole checkpoint
     was trained on other classes or another size than `identity` says."""
     for location in locations:
         local = Path(tempfile.mkdtemp(prefix="faceseg-restore-"))
         try:
             if location.is_local:
-                shutil.copytree(location.local(), local, dirs_exist_ok=True)
+                shutil.copytree(location.local(), local, dirs_exist_ok=True, symlinks=True)
             else:
                 location.download_to(local)
             problem = check(local)
@@ -128,7 +142,7 @@ def restore_newest_whole(locations: list[Location], identity: dict) -> tuple[Pat
             for key, value in identity.items():
                 if manifest.get(key) != value:
                     shutil.rmtree(local, ignore_errors=True)
-                    raise ValueError(f"checkpoint {location} was trained with {key} = {manifest.get(key)}, "
+                    raise CheckpointError(f"checkpoint {location} was trained with {key} = {manifest.get(key)}, "
                                      f"but the data now has {key} = {value}; it cannot be resumed on this cache")
             return local, {**manifest, "checkpoint": str(location)}
         shutil.rmtree(local, ignore_errors=True)
