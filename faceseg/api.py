@@ -16,8 +16,8 @@ RAY_ADDRESS), or starts a private runtime on this machine.
 from faceseg.config import Config
 from faceseg.data.prepare import prepare
 from faceseg.export import export
-from faceseg.metrics.evaluate import evaluate
-from faceseg.parser import FaceParser
+from faceseg.predict.evaluate import evaluate
+from faceseg.predict.parser import FaceParser
 from faceseg.predict.job import predict_folder
 from faceseg.serve.app import serve
 from faceseg.train.run import train

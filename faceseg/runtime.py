@@ -16,20 +16,34 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-# Workers of a runtime faceseg starts: quiet TensorFlow and Ray Data (their INFO lines bury the epoch
-# table). A joined cluster keeps its own settings: passing env vars to ray.init inside a job clashes
-# with the job's runtime env, and faceseg's own modules set what TensorFlow needs on import.
-WORKER_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "RAY_DATA_LOG_LEVEL": "WARNING"}
-# Ray starts worker processes at nice 15 so that work cannot starve its control plane, and a job's
-# driver at 0. A train worker IS the training process, as this process is with --local: it runs at
-# nice 0 like a driver, while Ray Data tasks and Ray Train's helper actors stay at 15 and yield to it.
-# And a worker's print goes to its stdout only: Ray Train's print patch also sends it through the root
-# logger, which printed every line of the epoch table twice.
-TRAIN_WORKER_ENV = {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+from faceseg import logs
+from faceseg.errors import FacesegError
+from faceseg.logs import VERBOSE_ENV, verbose  # noqa: F401  (the CLI's --verbose sets it)
+
+
+
+def worker_runtime_env() -> dict:
+    """Workers of a runtime faceseg starts: as quiet as this process (their lines bury the epoch table). A
+    joined cluster keeps its own settings: passing env vars to ray.init inside a job clashes with the job's
+    runtime env, and faceseg's own modules set what TensorFlow needs on import."""
+    return logs.worker_runtime_env()
+
+
+def train_worker_runtime_env() -> dict:
+    """Ray Train's workers, on any cluster. Ray starts worker processes at nice 15 so that work cannot starve
+    its control plane, and a job's driver at 0. A train worker IS the training process, as this process is
+    with --local: it runs at nice 0 like a driver, while Ray Data tasks and Ray Train's helper actors stay
+    at 15 and yield to it. And a worker's print goes to its stdout only: Ray Train's print patch also sends
+    it through the root logger, which printed every line of the epoch table twice."""
+    env = logs.worker_runtime_env()
+    env["env_vars"] = {"RAY_worker_niceness": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **env["env_vars"]}
+    return env
+
 RAY_DATA_LIMITS_REFRESH_S = 0.1
 CONNECT_TIMEOUT_S = float(os.environ.get("FACESEG_CONNECT_TIMEOUT_S", 30))
 DATA_CPUS = 1.0         # what Ray Data's read and decode tasks need free beside the workers
@@ -55,7 +69,7 @@ def keep_freed_memory() -> bool:
         return False
 
 
-class ClusterTooSmall(ValueError):
+class ClusterTooSmall(FacesegError):
     pass
 
 
@@ -67,6 +81,7 @@ class Needs:
     gpus: float = 0.0
     what: str = ""            # "2 train workers x 1 CPU"
     flags: str = ""           # what to change when it cannot fit
+    resources: dict = field(default_factory=dict)   # custom Ray resources, in all: {"big_node": 2}
 
 
 def start_ray_data_at_full_width() -> None:
@@ -92,10 +107,10 @@ def _gcs_host_port(address: str) -> tuple[str, int] | None:
         return None
     parts = urlsplit(address if "://" in address else f"gcs://{address}")
     if parts.scheme in ("http", "https"):
-        raise ValueError(f"--address {address}: that is a dashboard/job-server URL, for `ray job submit`; "
+        raise FacesegError(f"--address {address}: that is a dashboard/job-server URL, for `ray job submit`; "
                          "faceseg joins a cluster by its GCS address, e.g. HEAD:6379 (or run it as a Ray job)")
     if not parts.hostname or not parts.port:
-        raise ValueError(f"--address {address}: expected HOST:PORT (a Ray cluster's GCS address), "
+        raise FacesegError(f"--address {address}: expected HOST:PORT (a Ray cluster's GCS address), "
                          "ray://HOST:PORT or auto")
     return parts.hostname, parts.port
 
@@ -138,13 +153,39 @@ def _is_loopback(address: str) -> bool:
 
 def _start_local(reserved_cpus: float) -> None:
     """A private runtime on 127.0.0.1 (reachable from nowhere else): the cores plus what long-lived
-    workers hold."""
+    workers hold. Its GCS port is chosen here and given to its workers as RAY_ADDRESS: Ray's own actors
+    look their cluster up as "auto", which fails when another Ray runs on this machine."""
     import ray
 
-    with _loopback_kept():
-        ray.init(address="local", num_cpus=math.ceil((os.cpu_count() or 1) + reserved_cpus),
-                 _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": WORKER_ENV}, logging_level=logging.WARNING)
+    port = _free_port()
+    saved = os.environ.get(GCS_PORT_ENV)
+    os.environ[GCS_PORT_ENV] = str(port)
+    try:
+        with _loopback_kept():
+            ray.init(address="local", num_cpus=math.ceil((os.cpu_count() or 1) + reserved_cpus),
+                     _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+                     logging_level=logging.INFO if verbose() else logging.ERROR,
+                     runtime_env=_with_address(worker_runtime_env(), f"127.0.0.1:{port}"))
+    finally:
+        if saved is None:
+            os.environ.pop(GCS_PORT_ENV, None)
+        else:
+            os.environ[GCS_PORT_ENV] = saved
+
+
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"
+
+
+def _with_address(runtime_env: dict, address: str) -> dict:
+    """The runtime's own address for its workers, and (one machine is never preempted) no preemption watcher."""
+    return {**runtime_env, "env_vars": {**runtime_env["env_vars"], "RAY_ADDRESS": address,
+                                        "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _join(address: str) -> None:
@@ -155,36 +196,48 @@ def _join(address: str) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
 
 
-def _autoscaler_running() -> bool:
-    from ray._private import ray_constants
-    from ray.experimental.internal_kv import _internal_kv_get
+def can_add_nodes() -> bool:
+    """Whether the cluster was launched with node types an autoscaler can add (the cluster launcher, KubeRay):
+    their nodes carry the node-group label (from RAY_NODE_TYPE_NAME). A head started by hand with
+    `ray start --head`, or a runtime faceseg starts, has no node group and never grows: on those, asking for
+    more than there is waits forever."""
+    import ray
 
-    try:
-        from ray.autoscaler.v2.utils import is_autoscaler_v2
-
-        return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)) or is_autoscaler_v2(fetch_from_server=True)
-    except Exception:   # an older or newer GCS: assume nothing scales
-        return False
+    return any("ray.io/node-group" in (node.get("Labels") or {}) for node in ray.nodes() if node.get("Alive"))
 
 
 def fit(needs: Needs) -> float:
     """The share of its CPU request each worker may ask so that `needs` and Ray Data's tasks fit the
-    cluster (1.0 when they fit as asked); raises ClusterTooSmall when they never can."""
+    cluster as it is now (1.0 when they fit as asked); raises ClusterTooSmall when they never can. Only on
+    a cluster that can add nodes, and only when what is missing is not there at all (GPUs, a custom
+    resource, any CPU beside Ray Data's), does the command wait for the autoscaler instead."""
     import ray
 
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    lacking = {name: amount for name, amount in needs.resources.items() if total.get(name, 0.0) < amount}
     if needs.gpus > gpus:
-        if _autoscaler_running():
-            print(f"the cluster has {gpus:g} GPU(s), {needs.what} need {needs.gpus:g}: "
-                  "waiting for its autoscaler to add them", flush=True)
-        else:
-            raise ClusterTooSmall(f"{needs.what} need {needs.gpus:g} GPU(s) but the cluster has {gpus:g} and "
-                                  f"no autoscaler; change {needs.flags or 'the GPU flags'}")
-    if needs.cpus <= 0 or needs.cpus + DATA_CPUS <= cpus or _autoscaler_running():
+        lacking["GPU"] = needs.gpus
+    growing = bool(lacking) and can_add_nodes()
+    if lacking and not growing:
+        raise ClusterTooSmall(f"{needs.what} need "
+                              + ", ".join(f"{name} x {amount:g} (the cluster has {total.get(name, 0.0):g})"
+                                          for name, amount in lacking.items())
+                              + "; no node offers them and the cluster cannot add nodes. Change "
+                              + (needs.flags or "the resource flags") + (", or scaling.worker_resources, or start "
+                                 "nodes with `ray start --resources`" if set(lacking) - {"GPU"} else ""))
+    if growing:
+        print(f"the cluster lacks {', '.join(f'{name} x {amount:g}' for name, amount in lacking.items())} for "
+              f"{needs.what}: waiting for its autoscaler to add nodes", flush=True)
+        return 1.0
+    if needs.cpus <= 0 or needs.cpus + DATA_CPUS <= cpus:
         return 1.0
     room = cpus - DATA_CPUS
     if room < 0.05 * needs.cpus:
+        if can_add_nodes():
+            print(f"the cluster has {cpus:g} CPU(s): too few for {needs.what} and Ray Data's tasks; waiting "
+                  "for its autoscaler to add nodes", flush=True)
+            return 1.0
         raise ClusterTooSmall(f"the cluster has {cpus:g} CPU(s): too few for {needs.what} and Ray Data's tasks "
                               f"({DATA_CPUS:g} CPU); change {needs.flags or 'the worker counts'}")
     share = room / needs.cpus
@@ -208,4 +261,13 @@ def connect(address: str | None = None, needs: Needs = Needs()) -> float:
         where = f"joined the cluster at {address}" if address else "started a private runtime on 127.0.0.1"
         print(f"Ray: {where} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs, "
               f"{len(ray.nodes())} node(s))", flush=True)
+    quiet_ray_data()
     return fit(needs)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data's progress bars belong on a terminal: in a log file they are lines of escape codes. A dataset
+    keeps the DataContext it was made with, so this holds for every dataset made after it."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty() or verbose()

@@ -21,10 +21,7 @@ from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
-import tensorflow as tf
-
-LEVELS = ("none", "flip", "geometric", "full")
-
+from faceseg.backend import tf
 
 @dataclass(frozen=True, eq=False)
 class Augmentation:
@@ -37,12 +34,6 @@ class Augmentation:
     background_id: int = 0
     scale_range: float = 0.2
     wall_share: float = 0.0
-
-    def __post_init__(self):
-        if self.level not in LEVELS:
-            raise ValueError(f"train.augment must be one of {', '.join(LEVELS)}, not {self.level!r}")
-        if not 0 <= self.background_id < len(self.flip_lut):
-            raise ValueError(f"background id {self.background_id} is not one of the {len(self.flip_lut)} classes")
 
     @classmethod
     def of(cls, train, taxonomy) -> "Augmentation":

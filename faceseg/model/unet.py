@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 
-import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-import tf_keras as keras
-from tf_keras import layers
+from faceseg.backend import keras
+
+layers = keras.layers
 
 from faceseg.config import ModelConfig
 
@@ -21,16 +21,12 @@ def _conv_block(x, filters: int, config: ModelConfig, name: str):
 def _upsample(x, filters: int, mode: str, name: str):
     if mode == "transpose":
         return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"{name}_up")(x)
-    if mode == "resize":
-        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
-        return layers.Conv2D(filters, 3, padding="same", name=f"{name}_upconv")(x)
-    raise ValueError(f"model.upsampling must be 'transpose' or 'resize', not {mode!r}")
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)    # "resize"
+    return layers.Conv2D(filters, 3, padding="same", name=f"{name}_upconv")(x)
 
 
 def build_unet(config: ModelConfig, size: int | None, num_classes: int) -> keras.Model:
     """uint8 RGB (B, S, S, 3) -> float32 logits (B, S, S, num_classes). S must be divisible by 2**depth."""
-    if not 3 <= config.depth <= 5:
-        raise ValueError(f"model.depth must be 3..5, not {config.depth}")
     inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
     x = layers.Rescaling(1 / 127.5, offset=-1.0, name="normalise")(inputs)  # [0, 255] -> [-1, 1]
     skips = []

@@ -1,33 +1,28 @@
-"""`faceseg predict --input clip.mp4`: every frame of a video through the batch job.
+"""`faceseg predict --input clip.mp4`: every frame of a video through the batch job's pipeline.
 
-  blocks of frame numbers --> load (open the video, seek, decode batch_size frames)   [CPU tasks]
-                          --> Predictor (the same FaceParser actors as for images)    [actors, GPUs optional]
-                          --> write (label PNG and overlay frame per video frame)     [CPU tasks]
+  blocks of frame numbers --> load_frames (open the video, seek, decode batch_size frames)   [CPU tasks]
+                          --> Predictor (the same FaceParser actors as for images)          [actors]
+                          --> write_frames (label PNG and overlay frame per video frame)     [CPU tasks]
   then the driver joins the overlay frames, in order, into OUT/overlay.mp4.
 
 OUT/frames/frame_000000.png ... hold the label maps (ids 0..N-1) at the video's size.
 """
 from __future__ import annotations
 
+import tempfile
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from faceseg.data.decode import BadFileError, encode_png, resize_image
+from faceseg.data.decode import BadFileError
 from faceseg.model.saved import ModelInfo
-from faceseg.parser import guide_image
-from faceseg.predict.job import object_column
-from faceseg.runtime import Needs, connect
+from faceseg.predict.output import OVERLAY_VIDEO, OVERLAYS, PredictSummary, Record, start_output
+from faceseg.predict.pipeline import prediction_needs, run_pipeline
+from faceseg.predict.stages import frame_name, load_frames, write_frames
+from faceseg.runtime import connect
 from faceseg.storage import LocalCopy, Location
-
-FRAMES = "frames"
-OVERLAY_FRAMES = "overlays"
-OVERLAY_VIDEO = "overlay.mp4"
-
-
-def frame_name(index: int) -> str:
-    return f"{FRAMES}/frame_{index:06d}.png"
 
 
 def video_properties(video: Location) -> tuple[int, float, tuple[int, int]]:
@@ -49,64 +44,13 @@ def video_properties(video: Location) -> tuple[int, float, tuple[int, int]]:
     return count, fps, size
 
 
-def load_frames(batch: dict, video: str, size: int, frames_per_row: int, refine: bool = True) -> dict:
-    """Rows of first-frame numbers -> one row per decoded frame: the model's input, the frame's size,
-    the refinement's guide, the frame at the overlay's height (`picture`), its number."""
-    from faceseg.predict.overlay import PANEL_HEIGHT, fit_height
-
-    pixels, guides, pictures, targets, indices, errors = [], [], [], [], [], []
-    with LocalCopy(Location.of(video)) as path:
-        capture = cv2.VideoCapture(str(path))
-        try:
-            for first in batch["first"]:
-                capture.set(cv2.CAP_PROP_POS_FRAMES, int(first))
-                for index in range(int(first), int(first) + frames_per_row):
-                    ok, frame = capture.read()
-                    if not ok:
-                        break
-                    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                    pixels.append(resize_image(rgb, size))
-                    if refine:
-                        guides.append(guide_image(rgb, *rgb.shape[:2], size))
-                    pictures.append(fit_height(rgb, PANEL_HEIGHT))
-                    targets.append(rgb.shape[:2])
-                    indices.append(index)
-                    errors.append("")
-        finally:
-            capture.release()
-    frames = {"pixels": np.array(pixels, np.uint8).reshape(-1, size, size, 3), "picture": np.array(pictures, np.uint8),
-              "target": np.array(targets, np.int32), "index": np.array(indices, np.int64),
-              "error": np.array(errors, dtype=object)}
-    return {**frames, "guide": object_column(guides)} if refine else frames
-
-
-def write_frames(batch: dict, output: str, taxonomy) -> dict:
-    """Label PNG and overlay frame of each predicted frame."""
-    from faceseg.predict.overlay import make_overlay
-
-    out = Location.of(output)
-    errors = list(batch["error"])
-    for i, index in enumerate(batch["index"]):
-        name = frame_name(int(index))
-        try:
-            (out / name).write_bytes(encode_png(name, batch["ids"][i]))
-            picture = make_overlay(batch["picture"][i], batch["ids"][i], taxonomy)
-            (out / OVERLAY_FRAMES / name).write_bytes(encode_png(name, picture[..., ::-1]))
-        except OSError as error:
-            errors[i] = str(error)
-    return {"index": batch["index"], "error": np.array(errors, dtype=object)}
-
-
 def _join_overlays(output: Location, frames: int, fps: float) -> Location:
     """The overlay frames, in order, as one MP4 (written locally, then stored)."""
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory(prefix="faceseg-video-") as scratch:
         movie = Path(scratch) / OVERLAY_VIDEO
         writer = None
         for index in range(frames):
-            frame = output / OVERLAY_FRAMES / frame_name(index)
+            frame = output / OVERLAYS / frame_name(index)
             if not frame.is_file():
                 continue
             picture = cv2.imdecode(np.frombuffer(frame.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
@@ -116,20 +60,16 @@ def _join_overlays(output: Location, frames: int, fps: float) -> Location:
             writer.write(picture)
         if writer is not None:
             writer.release()
-            (output / OVERLAY_VIDEO).upload_from(movie)
+            (output / OVERLAY_VIDEO).write_bytes(movie.read_bytes())
     return output / OVERLAY_VIDEO
 
 
-def predict_video(model: ModelInfo, video: Location, output: Location, record: dict | None, *, batch_size: int,
-                  concurrency: int, num_gpus: float, overwrite: bool, refine: bool, address: str | None):
-    import ray.data
-
-    from faceseg.predict.job import PredictSummary, Predictor, start_output
-
+def predict_video(model: ModelInfo, video: Location, output: Location, record: Record | None, *, batch_size: int,
+                  concurrency: int, num_gpus: float, overwrite: bool, refine: bool,
+                  address: str | None) -> PredictSummary:
     start = time.perf_counter()
     frames, fps, (height, width) = video_properties(video)
-    share = connect(address, Needs(cpus=0.0 if num_gpus else concurrency, gpus=concurrency * num_gpus,
-                                   what=f"{concurrency} model actor(s)", flags="--concurrency / --num-gpus"))
+    share = connect(address, prediction_needs(concurrency, num_gpus))
     files = {frame_name(i): f"{video}#frame={i}" for i in range(frames)}
     start_output(model, video, output, record, "video", files, refine)
     done = set() if overwrite else {i for i in range(frames) if (output / frame_name(i)).is_file()}
@@ -138,16 +78,13 @@ def predict_video(model: ModelInfo, video: Location, output: Location, record: d
           f"model {model.location} at {model.size} px, {model.taxonomy.num_classes} classes", flush=True)
     failed, predicted = [], 0
     if firsts:
-        dataset = ray.data.from_items([{"first": f} for f in firsts], override_num_blocks=len(firsts))
-        dataset = dataset.map_batches(load_frames, batch_size=1, fn_kwargs={
-            "video": str(video), "size": model.size, "frames_per_row": batch_size, "refine": refine})
-        dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model": str(model.location),
-                                                                        "sha256": model.sha256, "refine": refine},
-                                      batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
-                                      num_gpus=num_gpus or None, num_cpus=None if num_gpus else share)
-        dataset = dataset.map_batches(write_frames, batch_size=batch_size, fn_kwargs={
-            "output": str(output), "taxonomy": model.taxonomy})
-        for result in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        results = run_pipeline([{"first": f} for f in firsts], model, refine, load=load_frames,
+                               load_kwargs={"video": str(video), "size": model.size, "frames_per_row": batch_size,
+                                            "refine": refine},
+                               rows_per_load=1, write=write_frames,
+                               write_kwargs={"output": str(output), "taxonomy": model.taxonomy},
+                               batch_size=batch_size, concurrency=concurrency, num_gpus=num_gpus, cpu_share=share)
+        for result in results:
             failed += [error for error in result["error"] if error]
             predicted += int(sum(1 for error in result["error"] if not error))
     movie = _join_overlays(output, frames, fps)

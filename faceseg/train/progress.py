@@ -1,7 +1,7 @@
 """A tqdm progress bar over the batches of each epoch (local mode)."""
 from __future__ import annotations
 
-import tf_keras as keras
+from faceseg.backend import keras
 from tqdm.auto import tqdm
 
 
@@ -14,7 +14,9 @@ class EpochProgressBar(keras.callbacks.Callback):
         self.steps, self.epochs, self.bar = steps_per_epoch, epochs, None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False)
+        # disable=None: no bar where the output is not a terminal (a log file gets the epoch table only)
+        self.bar = tqdm(total=self.steps, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch", leave=False,
+                        disable=None)
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)

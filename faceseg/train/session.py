@@ -15,22 +15,11 @@ from pathlib import Path
 
 import ray.data
 import ray.train
-import tensorflow as tf
+from faceseg.backend import tf
 
 from faceseg.storage import Location
-from faceseg.train.checkpoint import MANIFEST, CheckpointWriteError, candidates, epoch_of
-
-from faceseg.train.run import CHECKPOINTS
-
-LOCAL = "local"
-
-
-def write_error(error: OSError, where) -> CheckpointWriteError:
-    """One line for a failed checkpoint write, naming the place."""
-    if error.errno == errno.ENOSPC or "No space left" in str(error):
-        return CheckpointWriteError(errno.ENOSPC, f"disk full at {where}")
-    return CheckpointWriteError(error.errno or errno.EIO, f"cannot write a checkpoint at {where}: "
-                                                          f"{error.strerror or str(error).splitlines()[0]}")
+from faceseg.train.checkpoint import MANIFEST, candidates, epoch_of, write_error
+from faceseg.train.layout import CHECKPOINTS, checkpoint_roots
 
 
 class RaySession:
@@ -44,7 +33,7 @@ class RaySession:
         self.world_size = context.get_world_size()
         self.is_chief = self.world_rank == 0
         self.checkpoint_root = run / CHECKPOINTS      # Ray Train's storage_path / name
-        self.restore_roots = (self.checkpoint_root, run / CHECKPOINTS / LOCAL)
+        self.restore_roots = checkpoint_roots(run)
         # Per-report (every metric, each worker) and per-epoch INFO lines bury the table. Ray Train's report
         # line comes from a logger named by its module's file path, outside the "ray.train" hierarchy.
         reports = importlib.util.find_spec("ray.train.v2._internal.execution.context")
@@ -85,8 +74,8 @@ class LocalSession:
 
     def __init__(self, train: ray.data.Dataset, val: ray.data.Dataset, run: Location, metric: str):
         self.train, self.val, self.metric = train, val, metric
-        self.checkpoint_root = run / CHECKPOINTS / LOCAL
-        self.restore_roots = (self.checkpoint_root, run / CHECKPOINTS)   # a cluster run resumes here too
+        self.restore_roots = checkpoint_roots(run)[::-1]      # a cluster run resumes here too
+        self.checkpoint_root = self.restore_roots[0]
 
     def strategy(self) -> tf.distribute.Strategy:
         return single_process_strategy()

@@ -19,19 +19,148 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any, Literal
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from faceseg.config import Config, ConfigError
+from faceseg.config import Config, ConfigError, choices, default, load_yaml, read_text_file
 from faceseg.data.cache import MANIFEST, Cache
 from faceseg.model.saved import MODEL_FILE
 from faceseg.runtime import Needs, connect
-from faceseg.storage import Location
+from faceseg.storage import Location, check_writable
 
-SAMPLERS = {"loguniform", "uniform", "choice", "randint", "grid"}
-SWEEP_KEYS = {"output", "data", "base", "space", "objective", "scheduler", "num_samples", "max_concurrent_trials",
-              "trial_cpus", "max_failures"}
 CHECKPOINT_PATH = "checkpoint_path"   # the key TuneReportCallback adds to each report
+EXPERIMENT = "tune"                   # Ray Tune's experiment folder inside the sweep's
+# What a sweep writes into its folder, by name: --overwrite removes these and nothing else.
+SWEEP_FILES = (EXPERIMENT, "trials", "results.csv", "best_config.yaml", "best_model.keras", "cache", "data")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SynthData(_Strict):
+    train: int = Field(ge=0, le=1_000_000)
+    test: int = Field(0, ge=0, le=1_000_000)
+    size: int = Field(256, ge=32, le=4096)
+    seed: int = Field(0, ge=0)
+
+
+class SweepData(_Strict):
+    """Where the trials' data comes from: a cache, a data set prepared once, or synthetic faces."""
+
+    cache: str | None = None
+    data: str | None = None
+    synth: SynthData | None = None
+    size: int = Field(default("data.size"), ge=16, le=2048)
+    classes: Literal[choices("data.classes")] = "own"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [name for name in ("cache", "data", "synth") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of cache, data or synth (got {', '.join(given) or 'none'})")
+        return self
+
+
+class Sampler(_Strict):
+    """One search-space entry: exactly one of its fields."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None          # [low, high)
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        kinds = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"one of {', '.join(type(self).model_fields)}, e.g. {{choice: [3, 4]}}")
+        low_high = self.loguniform or self.uniform or self.randint
+        if low_high and not low_high[0] < low_high[1]:
+            raise ValueError(f"[low, high] with low < high, not {list(low_high)}")
+        if self.loguniform and self.loguniform[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        if (self.choice is not None or self.grid is not None) and not (self.choice or self.grid):
+            raise ValueError("an empty list of values")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+    def values(self) -> list:
+        """Values it can give, checked as config values before any trial starts."""
+        args = getattr(self, self.kind)
+        if self.kind in ("choice", "grid"):
+            return list(args)
+        return [args[0], args[1] - 1] if self.kind == "randint" else list(args)
+
+    def tune(self):
+        from ray import tune
+
+        args = getattr(self, self.kind)
+        if self.kind == "grid":
+            return tune.grid_search(list(args))
+        if self.kind == "choice":
+            return tune.choice(list(args))
+        return getattr(tune, self.kind)(*args)
+
+
+class Objective(_Strict):
+    metric: str = "auto"                  # auto: val_f1_overall for Helen's classes, else val_f1_mean
+    mode: Literal["max", "min"] = "max"
+
+
+class Scheduler(_Strict):
+    type: Literal["asha", "fifo"] = "fifo"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+    max_t: int | None = Field(None, ge=1)
+
+
+class Sweep(_Strict):
+    """A sweep file (docs/tune.md), checked whole before Ray starts."""
+
+    output: str | None = None
+    data: SweepData
+    base: dict = {}                        # a `faceseg train` config shared by every trial
+    space: dict[str, Sampler]
+    objective: Objective = Objective()
+    scheduler: Scheduler = Scheduler()
+    num_samples: int = Field(1, ge=1, le=100_000)
+    max_concurrent_trials: int = Field(1, ge=1, le=10_000)
+    trial_cpus: float = Field(0.01, gt=0.0)     # the trial itself only waits on its trainer
+    max_failures: int = Field(1, ge=0, le=1000)
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, space):
+        if not space:
+            raise ValueError("an empty search space; name at least one config key")
+        return space
+
+    @model_validator(mode="after")
+    def _keys_and_values(self):
+        base = Config.from_dict(self.base)
+        for key, sampler in self.space.items():
+            for value in sampler.values():
+                base.with_overrides({key: value})
+        return self
+
+    @property
+    def config(self) -> Config:
+        return Config.from_dict(self.base)
+
+
+def _errors(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(part) for part in item["loc"] if not str(part).startswith(("function-", "tuple[")))
+        message = str(item["ctx"]["error"]) if item["type"] == "value_error" else item["msg"]
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
 
 
 @dataclass
@@ -56,72 +185,61 @@ class SweepSummary:
         ])
 
 
-def _sampler(spec: dict):
-    from ray import tune
 
-    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in SAMPLERS:
-        raise ConfigError(f"a search-space entry must be one of {sorted(SAMPLERS)}, e.g. {{choice: [3, 4]}}; "
-                          f"got {spec!r}")
-    kind, args = next(iter(spec.items()))
-    if kind in ("loguniform", "uniform", "randint"):
-        return getattr(tune, kind)(*[float(a) if kind != "randint" else int(a) for a in args])
-    return tune.grid_search(list(args)) if kind == "grid" else tune.choice(list(args))
-
-
-def _values(spec: dict) -> list:
-    """Values a sampler can give, to check them as config values before any trial starts."""
-    kind, args = next(iter(spec.items()))
-    return list(args) if kind in ("choice", "grid") else [args[0], args[1]] if kind != "randint" else [args[0], args[1] - 1]
-
-
-def load_sweep(spec: str | dict, output: str | None = None) -> dict:
-    """The sweep file, checked: its keys, the base config, every search key and the values it can take."""
-    where = spec if isinstance(spec, str) else "the sweep"
-    sweep = yaml.safe_load(Location.of(spec).read_text()) if isinstance(spec, str) else dict(spec)
-    if not isinstance(sweep, dict):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(set(sweep) - SWEEP_KEYS)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(SWEEP_KEYS))}")
-    for key in ("data", "space"):
-        if key not in sweep:
-            raise ConfigError(f"{where}: the sweep has no '{key}' section")
+def load_sweep(spec: str | dict, output: str | None = None) -> Sweep:
+    """The sweep file (or its dict), checked: its keys, the base config, every search key and every value
+    a sampler can give; `output` (or the file's, or sweeps/<name>) resolved."""
+    where = str(spec) if isinstance(spec, str) else "the sweep"
+    raw = load_yaml(read_text_file(spec, "sweep"), where) if isinstance(spec, str) else spec
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with data, space, ...")
     try:
-        base = Config.from_dict(sweep.get("base"))
-        for key, spec_ in sweep["space"].items():
-            _sampler(spec_)
-            for value in _values(spec_):
-                base.with_overrides({key: value})
+        sweep = Sweep.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{where}: {_errors(error)}") from None
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from None
-    retries = sweep.setdefault("max_failures", 1)
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise ConfigError(f"{where}: max_failures must be a whole number >= 0, not {retries!r}")
-    if float(sweep.get("trial_cpus", 0.01)) <= 0:
-        raise ConfigError(f"{where}: trial_cpus must be > 0 (Tune cannot place an empty trial); use 0.01")
     name = Location.of(spec).stem if isinstance(spec, str) else "sweep"
-    sweep["output"] = str(Location.of(output or sweep.get("output") or f"sweeps/{name}"))
-    return sweep
+    return sweep.model_copy(update={"output": str(Location.of(output or sweep.output or f"sweeps/{name}"))})
 
 
-def prepare_sweep_data(sweep: dict, folder: Location) -> Cache:
+def open_sweep(folder: Location, resume: bool, overwrite: bool) -> None:
+    """A sweep's folder is never reused silently: --resume continues it, --overwrite removes what a sweep
+    wrote there (by name) and starts again; a folder holding anything else is refused."""
+    there = folder.is_dir() and folder.list()
+    is_sweep = (folder / EXPERIMENT).is_dir()
+    if resume:
+        if not is_sweep:
+            raise FileNotFoundError(f"{folder / EXPERIMENT}: no sweep to resume here")
+        return
+    if is_sweep and not overwrite:
+        raise ConfigError(f"--output {folder}: a sweep is there already; add --resume to continue it, --overwrite "
+                          "to start it again, or choose another folder")
+    if there and not is_sweep:
+        raise ConfigError(f"--output {folder}: exists and is not a faceseg sweep (no {EXPERIMENT}/); choose a new or "
+                          "empty folder")
+    if is_sweep:
+        for name in SWEEP_FILES:
+            (folder / name).delete()
+    check_writable(folder, "--output")
+
+
+def prepare_sweep_data(sweep: Sweep, folder: Location) -> Cache:
     """The cache every trial reads: given, or prepared once into the sweep's folder."""
-    data = sweep["data"]
-    if data.get("cache"):
-        return Cache.open(data["cache"])
+    data = sweep.data
+    if data.cache:
+        return Cache.open(data.cache)
     cache = folder / "cache"
     if (cache / MANIFEST).is_file():
         return Cache.open(cache)
     from faceseg.data.prepare import find_source, prepare_cache
 
-    source_dir = Location.of(data["data"]) if data.get("data") else folder / "data"
-    if data.get("synth"):
+    source_dir = Location.of(data.data) if data.data else folder / "data"
+    if data.synth:
         from faceseg.data.synth import write_synthetic_dataset
 
-        write_synthetic_dataset(source_dir.local(), **data["synth"])
-    size = int(data.get("size", Config().data.size))
-    print(prepare_cache(find_source(str(source_dir)), cache, size, classes=data.get("classes", "own")).format(),
-          flush=True)
+        write_synthetic_dataset(source_dir.local(), **data.synth.model_dump())
+    print(prepare_cache(find_source(str(source_dir)), cache, data.size, classes=data.classes).format(), flush=True)
     return Cache.open(cache)
 
 
@@ -141,16 +259,13 @@ def run_trial(trial: dict) -> None:
     fit_run(config, run, Cache.open(trial["cache"]), cpu_share=trial["cpu_share"], callbacks=[TuneReportCallback()])
 
 
-def _scheduler(spec: dict | None, metric: str, mode: str):
+def _scheduler(spec: Scheduler, metric: str, mode: str):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    spec = dict(spec or {"type": "fifo"})
-    kind = spec.pop("type", "asha")
-    if kind == "fifo":
+    if spec.type == "fifo":
         return FIFOScheduler()
-    if kind == "asha":
-        return ASHAScheduler(metric=metric, mode=mode, time_attr="epoch", **spec)
-    raise ConfigError(f"scheduler.type must be asha or fifo, not {kind!r}")
+    return ASHAScheduler(metric=metric, mode=mode, time_attr="epoch", grace_period=spec.grace_period,
+                         reduction_factor=spec.reduction_factor, **({"max_t": spec.max_t} if spec.max_t else {}))
 
 
 def _trial_table(results, space_keys: list[str], metric: str, mode: str):
@@ -212,7 +327,7 @@ def _best_report(results, metric: str, mode: str, folder: Location):
     return best
 
 
-def sweep(spec: str | dict, *, output: str | None = None, resume: bool = False,
+def sweep(spec: str | dict, *, output: str | None = None, resume: bool = False, overwrite: bool = False,
           address: str | None = None) -> SweepSummary:
     """Run the sweep `spec` (a sweep file or its dict) into its folder; everything is checked before Ray starts."""
     import ray.tune
@@ -220,49 +335,47 @@ def sweep(spec: str | dict, *, output: str | None = None, resume: bool = False,
     from faceseg.train.run import resolve_metric
 
     sweep_ = load_sweep(spec, output)
-    folder = Location.of(sweep_["output"])
-    base = sweep_.get("base") or {}
-    scaling = Config.from_dict(base).scaling
-    concurrent = int(sweep_.get("max_concurrent_trials", 1))
-    trial_cpus = float(sweep_.get("trial_cpus", 0.01))
-    if resume and not (folder / "tune").is_dir():
-        raise FileNotFoundError(f"{folder / 'tune'}: no sweep to resume here")
-    if sweep_["data"].get("cache"):
-        Cache.open(sweep_["data"]["cache"])          # a missing cache fails now, not in every trial
-    share = connect(address, Needs(cpus=concurrent * (trial_cpus + scaling.num_workers * scaling.cpus_per_worker),
+    folder = Location.of(sweep_.output)
+    base = sweep_.base
+    scaling = sweep_.config.scaling
+    concurrent = sweep_.max_concurrent_trials
+    open_sweep(folder, resume, overwrite)
+    if sweep_.data.cache:
+        Cache.open(sweep_.data.cache).check_files()      # a missing or wrong cache fails now, not in every trial
+    share = connect(address, Needs(cpus=concurrent * (sweep_.trial_cpus + scaling.num_workers * scaling.cpus_per_worker),
                                    gpus=concurrent * scaling.num_workers * scaling.gpus_per_worker if scaling.use_gpu else 0,
+                                   resources={name: concurrent * scaling.num_workers * amount
+                                              for name, amount in scaling.worker_resources.items()},
                                    what=f"{concurrent} trial(s) of {scaling.num_workers} train worker(s)",
                                    flags="max_concurrent_trials or base.scaling in the sweep file"))
     start = time.perf_counter()
     folder.mkdir()
     cache = prepare_sweep_data(sweep_, folder)
 
-    objective = sweep_.get("objective", {})
-    metric = objective.get("metric", "auto")
-    metric = resolve_metric(Config.from_dict(base).with_overrides({"train.metric": metric}), cache.taxonomy)
-    mode = objective.get("mode", "max")
-    trainable = ray.tune.with_resources(run_trial, {"CPU": trial_cpus})
+    objective = sweep_.objective
+    metric = resolve_metric(sweep_.config.with_overrides({"train.metric": objective.metric}), cache.taxonomy)
+    mode = objective.mode
+    trainable = ray.tune.with_resources(run_trial, {"CPU": sweep_.trial_cpus})
     space = {"base": base, "cache": str(cache.location), "folder": str(folder), "cpu_share": share,
-             "sampled": {key: _sampler(spec_) for key, spec_ in sweep_["space"].items()}}
+             "sampled": {key: sampler.tune() for key, sampler in sweep_.space.items()}}
     storage = {"storage_path": folder.uri if folder.is_local else folder.path,
                "storage_filesystem": None if folder.is_local else folder.filesystem}
     if resume:
-        experiment = folder / "tune"
+        experiment = folder / EXPERIMENT
         tuner = ray.tune.Tuner.restore(experiment.uri if folder.is_local else experiment.path, trainable=trainable,
                                        resume_errored=True, storage_filesystem=storage["storage_filesystem"])
     else:
         tuner = ray.tune.Tuner(
             trainable, param_space=space,
-            tune_config=ray.tune.TuneConfig(num_samples=int(sweep_.get("num_samples", 1)),
-                                            max_concurrent_trials=concurrent,
-                                            scheduler=_scheduler(sweep_.get("scheduler"), metric, mode)),
+            tune_config=ray.tune.TuneConfig(num_samples=sweep_.num_samples, max_concurrent_trials=concurrent,
+                                            scheduler=_scheduler(sweep_.scheduler, metric, mode)),
             # A trial whose process dies (a lost node, a crash inside Ray) runs again into its own run folder,
             # where Ray Train resumes it from its last checkpoint, as `faceseg train --resume` would.
-            run_config=ray.tune.RunConfig(name="tune", **storage, failure_config=ray.tune.FailureConfig(
-                max_failures=sweep_["max_failures"])),
+            run_config=ray.tune.RunConfig(name=EXPERIMENT, **storage, failure_config=ray.tune.FailureConfig(
+                max_failures=sweep_.max_failures)),
         )
     results = tuner.fit()
-    table = _trial_table(results, list(sweep_["space"]), metric, mode)
+    table = _trial_table(results, list(sweep_.space), metric, mode)
     (folder / "results.csv").write_text(table.to_csv(index=False))
 
     result, row = _best_report(results, metric, mode, folder)     # after results.csv: it says why, if none

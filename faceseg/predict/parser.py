@@ -27,10 +27,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from faceseg.data.decode import decode_image, decode_image_and_detail, read_bytes, read_image, resize_image
+from faceseg.data.decode import (MAX_IMAGE_PIXELS, decode_image, decode_image_and_detail, read_bytes, read_image,
+                                 resize_image)
+from faceseg.errors import FacesegError
 from faceseg.labels import Taxonomy
 from faceseg.model.saved import ModelInfo, inspect_model, load_keras_model
+from faceseg.predict.overlay import PANEL_HEIGHT, make_overlay
 from faceseg.storage import Location
+
+
+class ImageArgumentError(FacesegError, TypeError):
+    """An argument FaceParser cannot take as an image or an output size."""
 
 BAND_BYTES = 64 << 20   # float32 probabilities resized at a time
 REFINE_ZOOM = 4         # the guide's long side: up to this many times the model's grid
@@ -146,8 +153,7 @@ class FaceParser:
     """A loaded faceseg model; see the module docstring."""
 
     def __init__(self, info: ModelInfo, refine: bool = True):
-        import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-        import tensorflow as tf
+        from faceseg.backend import tf
 
         self.info = info
         self.taxonomy: Taxonomy = info.taxonomy
@@ -179,15 +185,20 @@ class FaceParser:
 
     # --- the three steps, shared with the batch job and the Serve endpoint -----------------------------------
     def read(self, image) -> tuple[np.ndarray, tuple[int, int], np.ndarray]:
-        """An RGB array, a file path/URI or encoded bytes -> ((S, S, 3) model input, decoded as training
-        did; original (H, W); the RGB photo with enough pixels for `guide`)."""
+        """An RGB array, a PIL image, a file path/URI or encoded bytes -> ((S, S, 3) model input, decoded as
+        training did; original (H, W); the RGB photo with enough pixels for `guide`)."""
+        if _is_pil(image):
+            image = np.asarray(image.convert("RGB"))
         if isinstance(image, np.ndarray):
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or not image.size:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+                raise ImageArgumentError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
             return resize_image(image, self.size), image.shape[:2], image
         if isinstance(image, (bytes, bytearray, memoryview)):
             return decode_photo(np.frombuffer(image, np.uint8), "<bytes>", self.size, self.refine)
-        return decode_photo(read_bytes(str(image)), str(image), self.size, self.refine)
+        if isinstance(image, (str, Path, Location)):
+            return decode_photo(read_bytes(str(image)), str(image), self.size, self.refine)
+        raise ImageArgumentError(f"cannot parse a {type(image).__name__}: give a file path or URI, encoded image "
+                                 "bytes, an (H, W, 3) uint8 RGB array or a PIL image")
 
     def guide(self, rgb: np.ndarray, height: int, width: int) -> np.ndarray | None:
         """What `label_map` refines an output of (height, width) with: the photo at guide_shape, or None."""
@@ -209,7 +220,15 @@ class FaceParser:
 
     # --- the public calls -------------------------------------------------------------------------------------
     def batch(self, images: list, sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
-        """Label maps for several images, each at its own size (or at `sizes`), in one forward pass."""
+        """Label maps for several images, each at its own size (or at `sizes`, one (height, width) per
+        image), in one forward pass."""
+        if isinstance(images, (str, bytes, np.ndarray)) or not isinstance(images, (list, tuple)):
+            raise ImageArgumentError(f"batch() takes a list of images, not a {type(images).__name__}; "
+                                     "call the parser itself for one image")
+        sizes = None if sizes is None else [_output_size(size, i) for i, size in enumerate(sizes)]
+        if sizes is not None and len(sizes) != len(images):
+            raise ImageArgumentError(f"{len(images)} images but {len(sizes)} sizes; give one (height, width) per "
+                                     "image, or none for each image's own size")
         if not images:
             return []
         read = [self.read(image) for image in images]
@@ -224,9 +243,27 @@ class FaceParser:
 
     def overlay(self, image, ids: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
         """An RGB picture: the image, the label map blended on it (and the ground truth), with a legend."""
-        from faceseg.predict.overlay import PANEL_HEIGHT, make_overlay
-
+        if _is_pil(image):
+            image = np.asarray(image.convert("RGB"))
         if not isinstance(image, np.ndarray):
             image = decode_image(np.frombuffer(image, np.uint8), "<bytes>", PANEL_HEIGHT)[0] \
                 if isinstance(image, (bytes, bytearray)) else read_image(str(image), PANEL_HEIGHT)[0]
         return make_overlay(image, ids, self.taxonomy, truth)
+
+
+def _is_pil(image) -> bool:
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "convert")
+
+
+def _output_size(size, index: int) -> tuple[int, int]:
+    """A (height, width) of positive whole numbers whose product faceseg would decode."""
+    try:
+        height, width = size
+        if any(isinstance(v, bool) or int(v) != v for v in (height, width)):
+            raise ValueError
+        height, width = int(height), int(width)
+    except (TypeError, ValueError):
+        raise ImageArgumentError(f"sizes[{index}] = {size!r}: expected (height, width) in whole pixels") from None
+    if height < 1 or width < 1 or height * width > MAX_IMAGE_PIXELS:
+        raise ImageArgumentError(f"sizes[{index}] = {size!r}: a label map of 1 to {MAX_IMAGE_PIXELS:,} pixels")
+    return height, width
