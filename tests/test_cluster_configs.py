@@ -54,7 +54,7 @@ def test_runtime_env_ships_the_tree_without_a_pip_step_or_clashing_variables():
 
     # faceseg passes env vars through ray.init only for a runtime it starts itself, never in a job
     source = Path(runtime.__file__).read_text()
-    join = source[source.index("def _join"):source.index("def _autoscaler_running")]
+    join = source[source.index("def _join"):source.index("def can_add_nodes")]
     assert "runtime_env" not in join
 
 

@@ -12,8 +12,11 @@ import sys
 import pytest
 import yaml
 
-from conftest import cli_env, tiny_config
+from conftest import tiny_config
+from support import cli_env
 from faceseg.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 EPOCHS = 3
 LOSS_TOLERANCE = 0.2  # relative, on the mean training loss of the last epoch

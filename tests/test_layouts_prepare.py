@@ -8,12 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from datasets import face, save_grey, save_rgb, write_celebamask, write_lapa, write_pairs
+from conftest import TEST_SIZE
 from faceseg.cli import main
 from faceseg.data.cache import Cache, CacheError
 from faceseg.data.layouts import DatasetError, detect_layout, discover, discover_pairs, hold_out_validation
 from faceseg.data.prepare import TALLY_DIR, PrepareError, Tally, prepare_cache
 from faceseg.labels import CELEBAMASK_NAMES
 from faceseg.storage import Location
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 SIZE = 32
 
@@ -27,36 +30,34 @@ def cached_rows(cache, split):
 
 def test_helenstar_prepare_splits_and_manifest(synth_dir, cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
-    assert manifest["layout"] == "helenstar" and manifest["size"] == 64
-    assert manifest["counts"] == {"train": 216, "val": 24, "test": 12}      # 10% of train held out
+    assert manifest["layout"] == "helenstar" and manifest["size"] == TEST_SIZE
+    assert manifest["counts"] == {"train": 108, "val": 12, "test": 8}      # 10% of train held out
     assert abs(sum(manifest["class_pixel_frequency"]) - 1) < 1e-3 and manifest["classes"] == "own"
     assert manifest["flip_pairs"] == [["lb", "rb"], ["le", "re"]]
     assert manifest["label_names"][4] == "le" and manifest["faceseg_version"]
     # Plain pyarrow: every split in one table, the split column from the Hive folder names.
     table = pa_dataset.dataset(cache_dir, format="parquet", partitioning="hive", exclude_invalid_files=True).to_table()
     assert set(table.column_names) >= {"image", "mask", "name", "height", "width", "split"}
-    assert sorted(table.column("split").to_pylist()).count("val") == 24 and table.num_rows == 252
-    assert table.column("height").to_pylist()[0] == 96
-    assert table.schema.field("image").type.byte_width == 64 * 64 * 3   # the uint8 tensor's bytes
+    assert sorted(table.column("split").to_pylist()).count("val") == 12 and table.num_rows == 128
+    assert table.column("height").to_pylist()[0] == 64
+    assert table.schema.field("image").type.byte_width == TEST_SIZE * TEST_SIZE * 3   # the uint8 tensor's bytes
     assert not (cache_dir / TALLY_DIR).exists()    # the decode tasks' tallies are summed, then removed
     cache = Cache.open(cache_dir)
     ds = cache.dataset("val")
     batch = next(iter(ds.iter_batches(batch_size=4, batch_format="numpy")))
-    assert batch["image"].shape == (4, 64, 64, 3) and batch["mask"].dtype == np.uint8
+    assert batch["image"].shape == (4, TEST_SIZE, TEST_SIZE, 3) and batch["mask"].dtype == np.uint8
     arrays = cache.arrays("val")
     first = table.filter(pa_dataset.field("split") == "val").column("image")[0].as_py()
-    assert arrays["image"].shape == (24, 64, 64, 3)
-    assert any((image == np.frombuffer(first, np.uint8).reshape(64, 64, 3)).all() for image in arrays["image"])
+    assert arrays["image"].shape == (12, TEST_SIZE, TEST_SIZE, 3)
+    assert any((image == np.frombuffer(first, np.uint8).reshape(TEST_SIZE, TEST_SIZE, 3)).all() for image in arrays["image"])
 
 
 def test_train_split_held_in_memory_when_it_fits(cache_dir):
     cache = Cache.open(cache_dir)
-    assert cache.held_in_memory("train", "auto")                   # 216 rows of 64 px: 3.4 MiB
+    assert cache.held_in_memory("train", "auto")                   # 108 rows of 32 px
     assert cache.held_in_memory("train", "yes") and not cache.held_in_memory("train", "no")
-    huge = Cache(cache.location, {**cache.manifest, "counts": {"train": 10**7}})   # 164 GB at 64 px
+    huge = Cache(cache.location, {**cache.manifest, "counts": {"train": 10**7}})   # 41 GB at 32 px
     assert not huge.held_in_memory("train", "auto") and huge.held_in_memory("train", "yes")
-    with pytest.raises(ValueError, match="data.in_memory must be one of auto, yes, no"):
-        cache.held_in_memory("train", "maybe")
 
 
 def test_cache_of_another_format_is_a_clear_error(tmp_path, cache_dir):
@@ -84,7 +85,7 @@ def test_hold_out_is_deterministic(synth_dir):
     samples = discover(synth_dir).samples
     a = {s.name for s in hold_out_validation(samples) if s.split == "val"}
     b = {s.name for s in hold_out_validation(list(reversed(samples))) if s.split == "val"}
-    assert a == b and len(a) == 24
+    assert a == b and len(a) == 12
 
 
 def test_lapa_grey_rgba_and_smaller_labels(tmp_path):

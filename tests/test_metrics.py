@@ -43,7 +43,8 @@ def test_mean_iou_and_schema():
     report = ConfusionMatrix(HELEN).add(gt, pred).report()
     # bg: tp 1, union 2 ; face: tp 2, union 3 ; other classes absent count as 0
     assert report["mean_iou"] == pytest.approx((1 / 2 + 2 / 3) / 11)
-    assert set(report) == {"f1", "iou", "mean_f1", "mean_iou", "pixel_accuracy", "images", "label_names", "groups"}
+    assert set(report) == {"format", "f1", "iou", "mean_f1", "mean_iou", "pixel_accuracy", "images", "label_names",
+                           "groups"}
     assert {"eyes", "brows", "mouth", "overall", "hair"} <= set(report["f1"])
     assert "overall" in format_report(report)
 

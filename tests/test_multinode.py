@@ -16,6 +16,8 @@ import yaml
 
 from cluster import ROOT, RayNode, S3Server, ray_cli, user_env, wait_for_job_server, wait_for_nodes
 
+pytestmark = pytest.mark.slow
+
 # The train workers must run on the second node: only it has this resource.
 TRAIN_NODE = "faceseg_train_node"
 TINY = ["--size", "32", "--set", "model.depth=3", "--set", "model.base_filters=8", "--set", "model.dropout=0",

@@ -1,7 +1,6 @@
 """The model as a library (FaceParser), as an HTTP endpoint (a real Ray Serve app on 127.0.0.1, a real
 HTTP client), as exported files (SavedModel, TFLite, ONNX), and over a video."""
 import json
-import socket
 import struct
 import zlib
 from pathlib import Path
@@ -12,17 +11,15 @@ import pytest
 import requests
 import yaml
 
+from conftest import TEST_SIZE
 from datasets import face
 from faceseg.cli import main
-from faceseg.parser import FaceParser
+from faceseg.predict.parser import FaceParser
+from support import free_port
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +48,7 @@ def test_parser_gives_what_predict_writes(parser, trained_run, synth_dir, tmp_pa
 def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
     import tensorflow as tf
 
-    from faceseg.parser import refine_probabilities, resize_argmax_band
+    from faceseg.predict.parser import refine_probabilities, resize_argmax_band
 
     grid, height, width, edge = 16, 64, 48, 21
     centres = (np.arange(grid) + 0.5) / grid * width                  # each grid column's centre, output pixels
@@ -71,7 +68,7 @@ def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
 def test_refinement_keeps_a_thin_confident_class_that_shares_its_neighbours_colour():
     import tensorflow as tf
 
-    from faceseg.parser import guided_filter, refine_probabilities
+    from faceseg.predict.parser import guided_filter, refine_probabilities
 
     grid, side = 16, 64
     lip = np.zeros((grid, grid), np.float32)
@@ -116,7 +113,7 @@ def test_serve_parses_images_over_http(endpoint, parser, synth_dir):
     assert (ids == parser(image)).all()                        # the same code path as FaceParser
     assert json.loads(reply.headers["X-Faceseg-Classes"]) == list(parser.classes)
     summary = requests.post(f"{endpoint}/parse?format=json", data=image.read_bytes(), timeout=120).json()
-    assert summary["classes"] == list(parser.classes) and summary["size"] == [96, 96]
+    assert summary["classes"] == list(parser.classes) and summary["size"] == [64, 64]
     assert abs(sum(summary["pixel_share"].values()) - 1) < 1e-3 and "val_f1_overall" in summary["metrics"]
 
 
@@ -153,7 +150,7 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def sample_batch(synth_dir) -> np.ndarray:
     images = sorted((synth_dir / "test").glob("*_image.jpg"))[:4]
-    return np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (64, 64),
+    return np.stack([cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (TEST_SIZE, TEST_SIZE),
                                 interpolation=cv2.INTER_AREA) for p in images])           # the model's grid
 
 
@@ -174,17 +171,17 @@ def test_saved_model_export_serves_uint8_in_ids_out(trained_run, parser, synth_d
     plain = signatures["plain"](image=tf.constant(sample_batch))["class_ids"].numpy()
     assert plain.dtype == np.uint8 and _agreement(plain, keras_ids) >= 0.999
 
-    # serving_default refines class edges along the photo's, as faceseg predict does: photos at twice the
-    # synthetic size (the model's grid is 64), any aspect, ids at the photo's size
-    photos = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (256, 192))
+    # serving_default refines class edges along the photo's, as faceseg predict does: photos larger than the
+    # model's grid, any aspect, ids at the photo's size
+    photos = [cv2.resize(cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB), (4 * TEST_SIZE, 3 * TEST_SIZE))
               for p in sorted((synth_dir / "test").glob("*_image.jpg"))[:4]]
     refined = signatures["serving_default"](image=tf.constant(np.stack(photos)))["class_ids"].numpy()
     unrefined = signatures["plain"](image=tf.constant(np.stack(photos)))["class_ids"].numpy()
-    assert refined.shape == (4, 192, 256) and refined.dtype == np.uint8
+    assert refined.shape == (4, 3 * TEST_SIZE, 4 * TEST_SIZE) and refined.dtype == np.uint8
     expected = np.stack([parser(photo) for photo in photos])
     # Not to the pixel: the graph resizes scores whole and with TF's kernels; how many near-ties that moves
-    # depends on the test model (99.84, 99.61, 99.43% on three of its runs; the plain resize: 96.0-97.4%).
-    assert _agreement(refined, expected) >= 0.99
+    # depends on the test model (99.4-99.8% for a 64-px model of 16 filters; 98.9% for this 32-px one of 8).
+    assert _agreement(refined, expected) >= 0.98
     assert _agreement(refined, expected) - _agreement(unrefined, expected) >= 0.01   # not the plain resize
     assert (out / "assets" / "classes.txt").read_text().split() == list(parser.classes)
     assert main(["export", str(trained_run), "--format", "saved_model", "--output", str(out)]) == 2   # no clobber
@@ -233,10 +230,10 @@ def test_a_bilinear_upsampling_model_exports_to_every_format(tmp_path, sample_ba
     from faceseg.model.unet import build_unet
 
     tf.keras.utils.set_random_seed(0)
-    model = build_unet(ModelConfig(depth=3, base_filters=8, upsampling="resize"), 64, 6)
+    model = build_unet(ModelConfig(depth=3, base_filters=8, upsampling="resize"), TEST_SIZE, 6)
     path = tmp_path / MODEL_FILE
     model.save(str(path), save_format="keras_v3")
-    add_metadata(path, {"classes": ["background", "skin", "hair", "eyes", "nose", "mouth"], "size": 64})
+    add_metadata(path, {"classes": ["background", "skin", "hair", "eyes", "nose", "mouth"], "size": TEST_SIZE})
     expected = np.argmax(model.predict(sample_batch, verbose=0), axis=-1).astype(np.uint8)
     assert len(np.unique(expected)) > 1                       # random weights still give several classes
 

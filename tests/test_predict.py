@@ -12,11 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import cli_env
+from support import cli_env
 from datasets import save_rgb, write_lapa
 from faceseg.cli import main
-from faceseg.metrics.evaluate import evaluate
-from faceseg.predict.job import steady_rate
+from faceseg.predict.evaluate import evaluate
+from faceseg.predict.pipeline import steady_rate
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 
 def pngs(folder: Path) -> list[str]:
@@ -28,15 +30,18 @@ def test_one_png_per_image_at_original_size_and_report_equals_evaluate(trained_r
     assert main(["predict", "--model", str(trained_run), "--input", str(synth_dir / "test"),
                  "--output", str(out), "--overlay", "--batch-size", "4"]) == 0
     expected = sorted(p.name for p in (synth_dir / "test").glob("*_label.png"))
-    assert pngs(out) == expected and len(expected) == 12
+    assert pngs(out) == expected and len(expected) == 8
+    right = total = 0
     for name in expected:
         pred = cv2.imread(str(out / name), cv2.IMREAD_UNCHANGED)
-        assert pred.shape == (96, 96) and pred.dtype == np.uint8 and pred.max() <= 10
-    assert len(list((out / "overlays").glob("*.png"))) == 12
+        truth = cv2.imread(str(synth_dir / "test" / name), cv2.IMREAD_UNCHANGED)
+        assert pred.shape == truth.shape == (64, 64) and pred.dtype == np.uint8 and pred.max() <= 10
+        right, total = right + int((pred == truth).sum()), total + truth.size
+    assert len(list((out / "overlays").glob("*.png"))) == 8
     report = json.loads((out / "report.json").read_text())
     again = evaluate(synth_dir / "test", out)
     assert {key: report[key] for key in again} == again
-    assert report["images"] == 12 and 0 <= report["f1"]["overall"] <= 1
+    assert report["images"] == 8 and report["pixel_accuracy"] == pytest.approx(right / total)
     assert report["files"][expected[0]].endswith(expected[0].replace("_label.png", "_image.jpg"))
 
 
@@ -74,7 +79,7 @@ def test_lapa_input_resizes_back_to_each_original(trained_run, tmp_path):
 
 
 def test_refinement_is_recorded_and_a_switch_is_refused_without_overwrite(trained_run, tmp_path, capsys):
-    from faceseg.parser import FaceParser
+    from faceseg.predict.parser import FaceParser
 
     write_lapa(tmp_path / "lapa")
     test = tmp_path / "lapa" / "test"
@@ -99,7 +104,7 @@ def test_killed_job_rerun_completes_without_rewriting(ray_runtime, trained_run, 
     images.mkdir()
     rng = np.random.default_rng(0)
     for i in range(60):
-        save_rgb(images / f"img{i:03d}.png", rng.integers(0, 255, (96, 96, 3), dtype=np.uint8))
+        save_rgb(images / f"img{i:03d}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     out = tmp_path / "pred"
     command = [sys.executable, "-m", "faceseg", "predict", "--model", str(trained_run), "--input", str(images),
                "--output", str(out), "--batch-size", "1",
@@ -134,7 +139,7 @@ def test_evaluate_names_missing_and_mis_sized_predictions(synth_dir, tmp_path, c
     assert main(["evaluate", str(synth_dir / "test"), str(pred)]) == 2
     err = capsys.readouterr().err
     assert f"{labels[0].name}: missing prediction" in err
-    assert f"{labels[2].name}: prediction is 10x10, ground truth is 96x96" in err
+    assert f"{labels[2].name}: prediction is 10x10, ground truth is 64x64" in err
     for label in labels:
         shutil.copy(label, pred / label.name)
     assert main(["evaluate", str(synth_dir / "test"), str(pred), "--json", str(tmp_path / "r.json")]) == 0

@@ -14,6 +14,8 @@ from conftest import tiny_config
 from faceseg.cli import main
 from faceseg.data.cache import Cache
 
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
+
 ROOT = Path(__file__).parents[1]
 SAMPLE = Path(__file__).parent / "data" / "fasseg-sample"
 FASSEG = ["background", "skin", "hair", "eyes", "nose", "mouth"]

@@ -24,7 +24,7 @@ def test_train_workers_run_at_a_drivers_priority_and_ray_data_tasks_below_it(ray
     import ray.train
     from ray.train.tensorflow import TensorflowTrainer
 
-    from faceseg.runtime import TRAIN_WORKER_ENV
+    from faceseg.runtime import train_worker_runtime_env
 
     written = tmp_path / "niceness"
 
@@ -33,8 +33,8 @@ def test_train_workers_run_at_a_drivers_priority_and_ray_data_tasks_below_it(ray
 
     trainer = TensorflowTrainer(
         write_niceness, scaling_config=ray.train.ScalingConfig(num_workers=1),
-        run_config=ray.train.RunConfig(storage_path=str(tmp_path), worker_runtime_env={"env_vars": TRAIN_WORKER_ENV}))
+        run_config=ray.train.RunConfig(storage_path=str(tmp_path), worker_runtime_env=train_worker_runtime_env()))
     trainer.fit()
     assert int(written.read_text()) == 0
     task_niceness = ray.data.range(1).map(lambda row: {"niceness": os.nice(0)}).take_all()[0]["niceness"]
-    assert task_niceness > 0, "Ray no longer lowers its workers' priority; TRAIN_WORKER_ENV's reason is gone"
+    assert task_niceness > 0, "Ray no longer lowers its workers' priority; train_worker_runtime_env()'s reason is gone"

@@ -6,6 +6,7 @@ from faceseg.data.augment import Augmentation, augment_batch, flip_batch
 from faceseg.data.synth import render_face, write_synthetic_dataset
 from faceseg.labels import HELEN, HELEN_NAMES as LABEL_NAMES, Taxonomy, read_label_names
 
+
 CLASS_ID = {name: i for i, name in enumerate(LABEL_NAMES)}
 FLIP_LUT = HELEN.flip_lut
 

@@ -4,9 +4,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from datasets import face, save_grey, save_rgb
 from faceseg.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 GOOD = ["plain", "rgba", "sixteen bit", "naïve ünïcode", "with space"]
 BAD = {  # file -> words its reason must contain

@@ -1,9 +1,13 @@
 """A full or read-only output disk: a clear error and nothing half-written (real tmpfs mounts)."""
+import pytest
+
 from faceseg.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
 
 
 def test_predict_into_a_full_disk_leaves_only_complete_pngs(trained_run, synth_dir, mount, capsys):
-    out = mount("size=40k")
+    out = mount("size=12k")          # three pages: the record and two PNGs
     code = main(["predict", "--model", str(trained_run), "--input", str(synth_dir / "test"), "--output", str(out)])
     assert code != 0
     captured = capsys.readouterr()

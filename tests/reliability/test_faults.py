@@ -1,5 +1,5 @@
-"""Faults for real: the whole train driver SIGKILLed then resumed; a Tune trial that raises; a Tune trial's
-process SIGKILLed mid-run."""
+"""Faults for real: a train worker SIGKILLed mid-run; the whole train driver SIGKILLed then resumed; a Tune
+trial that raises; a Tune trial's process SIGKILLed mid-run."""
 import json
 import os
 import signal
@@ -7,13 +7,57 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 
-from conftest import cli_env, tiny_config
+from conftest import tiny_config
+from support import cli_env
 from faceseg.cli import main
 from faceseg.model.saved import inspect_model
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
+
+
+def _train_worker_pids() -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if cmdline.startswith("ray::RayTrainWorker"):
+                pids.add(int(entry.name))
+    return pids
+
+
+def test_killed_worker_is_replaced_mid_run_and_no_epoch_is_lost_or_repeated(cache_dir, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=6)))
+    run = tmp_path / "run"
+    result, seen = {}, set()
+    thread = threading.Thread(target=lambda: result.update(
+        code=main(["train", "--config", str(config), "--output", str(run)])))
+    thread.start()
+    deadline = time.time() + 600
+    while time.time() < deadline and not epochs(run):
+        time.sleep(0.2)
+    victims = _train_worker_pids()
+    assert len(victims) == 2, "expected the run's two Ray Train workers"
+    os.kill(max(victims), signal.SIGKILL)
+    done_at_kill = epochs(run)
+    while thread.is_alive():                          # the workers that train after the kill
+        seen |= _train_worker_pids()
+        time.sleep(0.2)
+    thread.join()
+    assert 1 <= len(done_at_kill) < 6, "the worker should die mid-run"
+    assert seen - victims, "no new worker replaced the killed one"
+    assert result.get("code") == 0
+    assert epochs(run) == [1, 2, 3, 4, 5, 6]
 
 
 def epochs(run):

@@ -12,9 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from conftest import cli_env, tree_digest
+from support import cli_env, tree_digest
 from datasets import face
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_runtime")]
 
 SEED = 20261128
 ODD_NAMES = ["naïve ünïcode", "with space", "-leading-dash", "dots.in.the.name", "x" * 230, "tab\tname", "quote'name",
@@ -155,3 +158,73 @@ def test_hostile_files_are_processed_or_named_and_nothing_else_changes(ray_runti
     print(f"predict: {len(written)} label maps written, {len(failed)} images named as bad")
     assert tree_digest(data) == before                            # the input is exactly as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data", "pred"]
+
+
+def _mutations(model: bytes, rng: np.random.Generator):
+    """Seeded hostile variants of a model file: cut, bit-flipped, and with config.json / faceseg.json edited."""
+    import io
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(model)) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config, meta = json.loads(members["config.json"]), json.loads(members["faceseg.json"])
+    junk = [None, True, -1, 2**70, 1e308, "", "x" * 5000, [], {}, [[[]]], {"__class__": "os.system"}]
+
+    def pack(**changed) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as out:
+            for name, data in {**members, **changed}.items():
+                if data is not None:
+                    out.writestr(name, data)
+        return buffer.getvalue()
+
+    def poke(tree, depth: int = 0):
+        """The tree with one value, found by a random walk, replaced by junk."""
+        if isinstance(tree, dict) and tree and depth < 8:
+            key = list(tree)[int(rng.integers(len(tree)))]
+            return {**tree, key: poke(tree[key], depth + 1) if rng.random() < 0.7 else junk[int(rng.integers(len(junk)))]}
+        if isinstance(tree, list) and tree and depth < 8:
+            i = int(rng.integers(len(tree)))
+            return tree[:i] + [poke(tree[i], depth + 1)] + tree[i + 1:]
+        return junk[int(rng.integers(len(junk)))]
+
+    for k in range(300):
+        kind = k % 6
+        if kind == 0:
+            yield "cut", model[:int(rng.integers(1, len(model)))]
+        elif kind == 1:
+            data = bytearray(model)
+            for at in rng.integers(0, len(data), 8):
+                data[at] ^= 1 << int(rng.integers(8))
+            yield "flipped", bytes(data)
+        elif kind == 2:
+            yield "config", pack(**{"config.json": json.dumps(poke(config)).encode()})
+        elif kind == 3:
+            yield "meta", pack(**{"faceseg.json": json.dumps(poke(meta)).encode()})
+        elif kind == 4:
+            yield "member", pack(**{["config.json", "faceseg.json", "model.weights.h5", "metadata.json"][k % 4]: None,
+                                    "extra.py" if rng.random() < 0.5 else "x": b"import os"})
+        else:
+            yield "weights", pack(**{"model.weights.h5": bytes(rng.integers(0, 256, 4096, dtype=np.uint8))})
+
+
+def test_mutated_model_files_load_or_are_model_errors(trained_run, tmp_path):
+    from faceseg.model.saved import ModelError, inspect_model, load_keras_model
+
+    rng = np.random.default_rng(SEED)
+    outcomes = {}
+    for k, (kind, data) in enumerate(_mutations((trained_run / "model.keras").read_bytes(), rng)):
+        path = tmp_path / f"m{k}.keras"
+        path.write_bytes(data)
+        try:
+            info = inspect_model(path)
+            if k % 6 in (1, 5):                   # where the weights may be damaged, load them too
+                load_keras_model(info)
+            outcome = "loaded"
+        except ModelError as error:
+            assert str(path) in str(error), (kind, str(error)[:300])
+            outcome = "refused"
+        outcomes.setdefault(kind, set()).add(outcome)
+        path.unlink()
+    assert outcomes["cut"] == {"refused"} and "refused" in outcomes["config"] and "refused" in outcomes["weights"]
