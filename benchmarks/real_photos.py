@@ -1,6 +1,6 @@
-"""faceseg on real photos: FASSEG, held out by person, with the shipped recipe (configs/real-photos.yaml).
+"""faceseg on real photos: FASSEG, held out by person, with the FASSEG recipe (configs/fasseg.yaml).
 
-    python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/real-photos.yaml] [--folds 3]
+    python benchmarks/real_photos.py --data PATH/TO/fasseg [--config configs/fasseg.yaml] [--folds 3]
                                      [--hold-out people|frontal] [--set model.base_filters=24 ...]
 
 FASSEG's multi-pose photos repeat each person in 26 poses, so images are split by PERSON, never by image:
@@ -30,7 +30,6 @@ lists the trials measured.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -40,12 +39,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OVERLAYS = ROOT / "docs" / "images"
-SHIPPED_CONFIG = ROOT / "configs" / "real-photos.yaml"
+SHIPPED_CONFIG = ROOT / "configs" / "fasseg.yaml"
 # --hold-out: its own default work folder (the protocols' fold<k>/pred<k> names would overwrite each other's),
 # report file stem, report title, report rows, and whether held-out overlays go to docs/images/.
 PROTOCOLS = {
@@ -133,9 +131,9 @@ def copy_overlays(work: Path, held_out: list[list[str]], count: int) -> None:
 def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str) -> str | None:
     """Why a fold cannot be gathered into a report of the `asked` Config (None if it can): another fold
     layout, or a run whose resolved config differs other than in where its data and cache live."""
-    from faceseg.config import ConfigError
+    from faceseg.config import Config, ConfigError
     from faceseg.storage import Location
-    from faceseg.train.run import CONFIG_FILE, RunError, saved_config
+    from faceseg.train.layout import CONFIG_FILE, RunError, saved_config
 
     if not record.is_file():
         return f"{record}: no record of this fold's training; train it first (without --rescore)"
@@ -147,8 +145,8 @@ def trained_otherwise(record: Path, run: Path, asked, folds: int, hold_out: str)
         trained = saved_config(Location.of(run))
     except (RunError, ConfigError) as error:         # no run there, or an option since removed
         return f"{error}; train it first (without --rescore)"
-    asked = dataclasses.replace(asked, data=dataclasses.replace(asked.data, data=trained.data.data,
-                                                                cache=trained.data.cache))
+    raw = asked.to_dict()
+    asked = Config.from_dict({**raw, "data": {**raw["data"], "data": trained.data.data, "cache": trained.data.cache}})
     mine, theirs = trained.to_dict(), asked.to_dict()
     shown = []
     for key in trained.differences(asked):
@@ -204,7 +202,7 @@ def main() -> int:
     from faceseg.data.layouts import discover
     from faceseg.labels import Taxonomy, build_remap
     from faceseg.metrics import ConfusionMatrix, format_report
-    from faceseg.metrics.evaluate import read_prediction
+    from faceseg.data.decode import read_ids
     from faceseg.storage import Location
 
     config = Path(args.config).resolve()
@@ -220,7 +218,6 @@ def main() -> int:
     total, report = ConfusionMatrix(taxonomy), {"data": data.name, "config": shown_config, "set": args.set,
                                                 "hold_out": args.hold_out, "folds": []}
     by_kind = {"frontal": ConfusionMatrix(taxonomy), "pose": ConfusionMatrix(taxonomy)}
-    started = time.time()
     seconds = 0.0                                   # train + predict, summed over the folds
     for k in ([args.only_fold] if args.only_fold is not None else range(args.folds)):
         test, val, train = split_fold(groups, k, always_train)
@@ -248,7 +245,7 @@ def main() -> int:
         remap = build_remap(source.taxonomy)
         for sample in source.samples:
             truth = read_label(sample, remap)
-            predicted = read_prediction(Location.of(pred) / sample.prediction_name)
+            predicted = read_ids(str(Location.of(pred) / sample.prediction_name))
             total.add(truth, predicted)
             by_kind["frontal" if sample.name.startswith("frontal") else "pose"].add(truth, predicted)
         people = sorted({person_of(n) for n in test})

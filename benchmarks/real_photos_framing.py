@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from faceseg.metrics.confusion import ConfusionMatrix
-    from faceseg.parser import FaceParser
+    from faceseg.predict.parser import FaceParser
 
     folds = sorted(int(p.name[3:]) for p in args.work.glob("run[0-9]*") if (p / "model.keras").is_file())
     if not folds:

@@ -16,7 +16,7 @@ import sys
 ONE_CALL = """
 import json, resource, sys
 import cv2, numpy as np
-from faceseg.parser import FaceParser
+from faceseg.predict.parser import FaceParser
 model, side, refine = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "refine"
 parser = FaceParser.load(model, refine=refine)
 rng = np.random.default_rng(0)
