@@ -1,0 +1,120 @@
+"""The shipped model, from the installed package with no network: by name in Python, predict, serve and export;
+its SHA-256 checked on load; `faceseg models`; its card generated from its metadata; and the figures it still
+gives on committed real photos."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import requests
+
+from faceseg.cli import main
+from support import free_port
+
+pytestmark = pytest.mark.usefixtures("ray_runtime")
+SAMPLE = Path(__file__).parent / "data" / "fasseg-sample"      # 12 of FASSEG's photos, the model trained on them
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def parser():
+    import faceseg
+
+    return faceseg.FaceParser.load("fasseg")
+
+
+def test_the_shipped_model_loads_by_name_from_the_package(parser):
+    from faceseg.model import zoo
+
+    assert "fasseg" in zoo.shipped_names() and zoo.shipped_file("fasseg").local().is_relative_to(ROOT / "faceseg")
+    assert parser.classes == ("background", "skin", "hair", "eyes", "nose", "mouth")
+    photo = sorted((SAMPLE / "images").glob("*.jpg"))[0]
+    ids = parser(photo)
+    assert ids.shape == cv2.imread(str(photo)).shape[:2] and ids.dtype == np.uint8
+
+
+def test_a_changed_shipped_file_is_refused(tmp_path, monkeypatch):
+    from faceseg.model import zoo
+    from faceseg.model.saved import inspect_model
+
+    copy = tmp_path / "shipped"
+    shutil.copytree(zoo.SHIPPED, copy)
+    data = bytearray((copy / "fasseg.keras").read_bytes())
+    data[len(data) // 2] ^= 0xFF                             # one byte of the weights
+    (copy / "fasseg.keras").write_bytes(bytes(data))
+    monkeypatch.setattr(zoo, "SHIPPED", copy)
+    zoo._catalogue.cache_clear()
+    try:
+        with pytest.raises(zoo.ShippedModelError, match="SHA-256 .* is not the .* recorded for the shipped model"):
+            inspect_model("fasseg")
+    finally:
+        zoo._catalogue.cache_clear()
+
+
+def test_a_name_that_is_no_model_lists_the_shipped_ones(tmp_path, capsys):
+    assert main(["predict", "--model", "fassegg", "--input", str(SAMPLE), "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "fassegg: no model here" in err and "shipped model: fasseg" in err
+
+
+def test_faceseg_models_lists_and_describes_them(capsys):
+    from faceseg.model import zoo
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fasseg ") and "held-out people" in out
+    assert main(["models", "--json"]) == 0
+    (meta,) = json.loads(capsys.readouterr().out)
+    assert meta["sha256"] == zoo.metadata("fasseg")["sha256"] and meta["heldout"]["all"]["images"] == 202
+    assert main(["models", "fasseg"]) == 0
+    card = capsys.readouterr().out
+    assert card == (ROOT / "docs" / "models" / "fasseg.md").read_text()
+    for words in ("FEI, MIT-CBCL and Pointing'04", "research use", "Khan", "IoU", "Not good at"):
+        assert words in card
+
+
+def test_predict_and_export_by_name(parser, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", "fasseg", "--input", str(SAMPLE), "--output", str(out)]) == 0
+    for label in sorted((SAMPLE / "labels").glob("*.png"))[:3]:
+        photo = SAMPLE / "images" / label.name.replace(".png", ".jpg")
+        assert (cv2.imread(str(out / label.name), cv2.IMREAD_UNCHANGED) == parser(photo)).all()
+    assert main(["export", "fasseg", "--format", "onnx", "--output", str(tmp_path / "fasseg.onnx")]) == 0
+    assert (tmp_path / "fasseg.classes.txt").read_text().split() == list(parser.classes)
+
+
+def test_serve_by_name(parser):
+    from ray import serve as ray_serve
+
+    from faceseg.api import serve
+
+    url = serve("fasseg", port=free_port(), block=False)
+    try:
+        photo = sorted((SAMPLE / "images").glob("*.jpg"))[1]
+        reply = requests.post(f"{url}/parse", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"},
+                              timeout=120)
+        assert reply.status_code == 200
+        assert (cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_UNCHANGED) == parser(photo)).all()
+    finally:
+        ray_serve.shutdown()
+
+
+def test_the_shipped_model_still_gives_its_recorded_figures_on_committed_photos(tmp_path):
+    """The 12 committed photos were among the model's training photos: this checks that the shipped file,
+    decoding and refinement still work as when the model was made (its figures here were recorded then), not
+    how it does on people it never saw (its card's held-out figures)."""
+    from faceseg.model import zoo
+
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", "fasseg", "--input", str(SAMPLE), "--output", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    recorded = zoo.metadata("fasseg")["sample"]
+    assert report["images"] == recorded["images"] == 12
+    # Tolerance: 0.5 points of pixel accuracy, 1 point of F1 per class (another CPU's kernels may move ties).
+    assert report["pixel_accuracy"] == pytest.approx(recorded["pixel_accuracy"], abs=0.005)
+    for name, value in recorded["f1"].items():
+        assert report["f1"][name] == pytest.approx(value, abs=0.01), name
