@@ -66,6 +66,8 @@ class DataConfig(Section):
         "own", "for `data.data`: keep the data set's classes, or map them onto Helen's 11")
     size: Count = option(128, "training grid side (a cache has its own)", "16..2048, divisible by 2^depth",
                          ge=16, le=2048)
+    val_fraction: Real = option(0.1, "for `data.data` without a val split: the share of the train split held out "
+                                     "to validate, chosen by a hash of each image's name", ge=0.0, le=0.5)
     in_memory: Literal["auto", "yes", "no"] = option(
         "auto", "workers read their share of the train split once, before the first epoch, and keep it in "
         "memory, twice over when the flip runs on the CPU (as stored and mirrored; auto: when that takes under "

@@ -207,3 +207,13 @@ def test_all_bad_is_an_error_not_an_empty_cache(tmp_path):
 def test_pairs_requires_a_folder(tmp_path):
     with pytest.raises(DatasetError, match="not a folder"):
         discover_pairs(tmp_path / "missing", tmp_path)
+
+
+def test_data_val_fraction_chooses_how_much_of_train_validates(synth_dir, tmp_path):
+    from faceseg.config import Config
+
+    assert hold_out_validation(discover(synth_dir).samples, 0.25)
+    config = Config.from_dict({"data": {"val_fraction": "0.25"}})
+    prepare_cache(discover(synth_dir), tmp_path / "c", size=TEST_SIZE, val_fraction=config.data.val_fraction)
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 90, "val": 30, "test": 8} and manifest["val_fraction"] == 0.25

@@ -19,7 +19,6 @@ from faceseg.storage import Location
 LAYOUTS = choices("data.layout")[1:]          # after "auto"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val", "test")
-VAL_FRACTION = 0.1
 LABEL_NAMES_FILE = "label_names.txt"
 
 
@@ -344,7 +343,7 @@ def with_unique_prediction_names(source: Source) -> Source:
     return source
 
 
-def hold_out_validation(samples: list[Sample], fraction: float = VAL_FRACTION) -> list[Sample]:
+def hold_out_validation(samples: list[Sample], fraction: float = 0.1) -> list[Sample]:
     """Without a val split, move a deterministic `fraction` of train (by name hash) to `val`."""
     if any(s.split == "val" for s in samples):
         return samples

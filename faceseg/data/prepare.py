@@ -171,7 +171,7 @@ def _is_partial_cache(folder: Location) -> bool:
 
 
 def prepare_cache(source: Source, out: Location | str, size: int = default("data.size"), strict: bool = False,
-                  classes: str = "own") -> PrepareSummary:
+                  classes: str = "own", val_fraction: float = default("data.val_fraction")) -> PrepareSummary:
     """Decode `source` into the Parquet cache at `out` (Ray must be up); returns what was written."""
     import ray.data
 
@@ -180,7 +180,7 @@ def prepare_cache(source: Source, out: Location | str, size: int = default("data
     remap = cache_remap(source, classes)
     _check_destination(out, source)
     report_problems(source.problems, strict)
-    samples = hold_out_validation(source.samples)
+    samples = hold_out_validation(source.samples, val_fraction)
     if not samples:
         raise PrepareError(f"{source.root}: no usable image/label pairs found")
     print(f"{source.layout} data set at {source.root}: {len(samples)} pairs; classes from {source.names_from}; "
@@ -211,7 +211,8 @@ def prepare_cache(source: Source, out: Location | str, size: int = default("data
         counts = {split: tally.rows[split] for split in SPLITS if tally.rows.get(split)}
         if not counts:
             raise PrepareError(f"{source.root}: every file was bad; nothing to cache")
-        _write_manifest(work, source, remap, size, classes, counts, tally.pixels, source.problems + tally.problems)
+        _write_manifest(work, source, remap, size, classes, counts, tally.pixels, source.problems + tally.problems,
+                        val_fraction)
         if out.is_local:
             _replace_folder(work, out)
     except BaseException:
@@ -236,13 +237,13 @@ def _replace_folder(work: Location, out: Location) -> None:
 
 
 def _write_manifest(folder: Location, source: Source, remap: Remap, size: int, classes: str, counts: dict,
-                    pixels: dict, skipped) -> None:
+                    pixels: dict, skipped, val_fraction: float) -> None:
     train_pixels = pixels.get("train", sum(pixels.values()))
     frequency = train_pixels / max(train_pixels.sum(), 1)
     taxonomy = remap.target
     manifest = {
         "format": FORMAT, "source": str(source.root), "layout": source.layout, "size": size, "classes": classes,
-        "counts": counts, "label_names": list(taxonomy.names),
+        "val_fraction": val_fraction, "counts": counts, "label_names": list(taxonomy.names),
         "class_pixel_frequency": [round(float(f), 6) for f in frequency],
         "source_label_names": list(source.taxonomy.names), "remap": remap.describe(),
         "flip_pairs": [[taxonomy.names[a], taxonomy.names[b]] for a, b in taxonomy.flip_pairs],

@@ -129,8 +129,9 @@ def _data_plan(config: Config, run: Location) -> tuple[Taxonomy, int, object]:
     existing = run / CACHE_DIR / MANIFEST
     if existing.is_file():     # a resumed run's own cache: reused only if it is what the config asks for
         cache = Cache.open(run / CACHE_DIR)
-        wanted = {"source": str(Location.of(config.data.data)), "size": config.data.size, "classes": config.data.classes}
-        found = {key: cache.manifest.get(key) for key in wanted}
+        wanted = {"source": str(Location.of(config.data.data)), "size": config.data.size, "classes": config.data.classes,
+                  "val_fraction": config.data.val_fraction}
+        found = {key: cache.manifest.get(key, 0.1 if key == "val_fraction" else None) for key in wanted}
         if found != wanted:
             raise RunError(f"{run / CACHE_DIR} was prepared from {found}, not {wanted}; train anew into another --output")
         cache.check_files()
@@ -145,7 +146,8 @@ def ensure_cache(config: Config, run: Location, plan) -> Cache:
         return plan
     from faceseg.data.prepare import prepare_cache
 
-    print(prepare_cache(plan, run / CACHE_DIR, config.data.size, classes=config.data.classes).format(), flush=True)
+    print(prepare_cache(plan, run / CACHE_DIR, config.data.size, classes=config.data.classes,
+                        val_fraction=config.data.val_fraction).format(), flush=True)
     return Cache.open(run / CACHE_DIR)
 
 
