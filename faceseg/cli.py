@@ -120,7 +120,7 @@ def cmd_models(args) -> int:
 
     if args.name:
         meta = zoo.metadata(args.name)
-        print(json.dumps(meta, indent=1) if args.json else zoo.model_card(meta))
+        print(json.dumps(meta, indent=1) if args.json else zoo.model_card(meta), end="\n" if args.json else "")
         return 0
     catalogue = [zoo.metadata(name) for name in zoo.shipped_names()]
     if args.json:

@@ -83,11 +83,6 @@ def quiet_imports() -> None:
         sys.meta_path.insert(0, _QuietImport())
 
 
-def quiet_worker() -> None:
-    """Ray's worker_process_setup_hook for the runtimes and train workers faceseg starts."""
-    quiet_imports()
-
-
 class ProgressBarNotices(logging.Filter):
     """Ray Data's console notices that its progress bars are off (faceseg/ray_data_logging.yaml)."""
 
@@ -104,8 +99,6 @@ def quiet_env() -> dict[str, str]:
 
 
 def worker_runtime_env() -> dict:
-    """A Ray runtime_env that keeps worker processes as quiet as this one."""
-    env = {"env_vars": quiet_env()}
-    if not verbose():
-        env["worker_process_setup_hook"] = "faceseg.logs.quiet_worker"
-    return env
+    """A Ray runtime_env that keeps worker processes as quiet as this one (and sets them up as faceseg does:
+    runtime.setup_worker)."""
+    return {"env_vars": quiet_env(), "worker_process_setup_hook": "faceseg.runtime.setup_worker"}

@@ -101,6 +101,14 @@ def start_ray_data_at_full_width() -> None:
         ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S = min(interval, RAY_DATA_LIMITS_REFRESH_S)
 
 
+def setup_worker() -> None:
+    """Ray's worker_process_setup_hook in the runtimes and train workers faceseg starts: TensorFlow imported
+    quietly (faceseg/logs.py), and Ray Data's executions there (a train split's SplitCoordinator starts one
+    every epoch) at full width from their start, as in this process."""
+    logs.quiet_imports()
+    start_ray_data_at_full_width()
+
+
 def _gcs_host_port(address: str) -> tuple[str, int] | None:
     """(host, port) to probe for a GCS or Ray Client address; None for 'auto'."""
     if address == "auto":

@@ -79,7 +79,8 @@ def test_repeat_deals_matching_images_more_often_and_last_keeps_the_last_epoch(c
     printed = capsys.readouterr().out
     assert f"'*3' x3 matches {len(repeated)} of {len(names)}" in printed and "'no such image*' x2 matches 0" in printed
     # One held epoch deals each matching image three times, every other image once.
-    epoch = _epoch_images(make_train_dataset(data, 1, Augmentation("none", HELEN.flip_lut), seed=1, hold=True))
+    epoch = _epoch_images(make_train_dataset(data, 1, Augmentation("none", HELEN.flip_lut), seed=1, hold=True,
+                                             size=TEST_SIZE))
     images = dict(zip(names, (image.tobytes() for image in cache.arrays("train")["image"])))
     assert sorted(epoch) == sorted(images[name] for name in names for _ in range(3 if name in repeated else 1))
 
@@ -103,7 +104,7 @@ def test_a_held_split_deals_the_same_batches_for_a_seed_whatever_order_ray_data_
 
     def held_epoch(seed: int) -> list[bytes]:               # a fresh read of the split each time
         return _epoch_images(make_train_dataset(train_split(cache, {})[0], 4, Augmentation("flip", HELEN.flip_lut),
-                                                seed=seed, hold=True))
+                                                seed=seed, hold=True, size=TEST_SIZE))
 
     epochs = [held_epoch(seed=1) for _ in range(4)]
     assert all(epoch == epochs[0] for epoch in epochs[1:])
@@ -118,8 +119,9 @@ def _epoch_images(dataset) -> list[bytes]:
 def test_split_held_in_memory_is_read_once_and_reshuffled(cache_dir, tmp_path):
     shutil.copytree(cache_dir, tmp_path / "cache")
     cache = Cache.open(tmp_path / "cache")
-    held = make_train_dataset(cache.dataset("train"), 4, Augmentation("none", HELEN.flip_lut), seed=1, hold=True)
-    streamed = make_train_dataset(cache.dataset("train"), 4, Augmentation("none", HELEN.flip_lut), seed=1)
+    stored = cache.dataset("train", decoded=False)
+    held = make_train_dataset(stored, 4, Augmentation("none", HELEN.flip_lut), seed=1, hold=True, size=TEST_SIZE)
+    streamed = make_train_dataset(stored, 4, Augmentation("none", HELEN.flip_lut), seed=1, hold=False, size=TEST_SIZE)
     first, streamed_first = _epoch_images(held), _epoch_images(streamed)
     assert len(first) == len(streamed_first) == 108
     for parquet in (tmp_path / "cache").rglob("*.parquet"):   # later epochs must not read the files again
@@ -138,8 +140,8 @@ def test_flipped_batches_mirror_images_and_swap_sides(cache_dir, hold):
     by_image = {image.tobytes(): mask for image, mask in zip(stored["image"], stored["mask"])}
     by_mirror = {image[:, ::-1].tobytes(): HELEN.flip_lut[mask[:, ::-1]]
                  for image, mask in zip(stored["image"], stored["mask"])}
-    dataset = make_train_dataset(cache.dataset("train"), 8, Augmentation("flip", HELEN.flip_lut), seed=3, hold=hold,
-                                 size=TEST_SIZE)
+    dataset = make_train_dataset(cache.dataset("train", decoded=False), 8, Augmentation("flip", HELEN.flip_lut),
+                                 seed=3, hold=hold, size=TEST_SIZE)
     mirrored = seen = 0
     for images, masks in dataset.as_numpy_iterator():
         for image, mask in zip(images, masks):
@@ -160,7 +162,8 @@ def test_geometric_batches_are_warped_by_train_augment_scale(cache_dir):
 
     def black_share(scale_range):
         augmentation = Augmentation("geometric", HELEN.flip_lut, scale_range=scale_range)
-        dataset = make_train_dataset(cache.dataset("train"), 8, augmentation, seed=3, hold=True, size=TEST_SIZE)
+        dataset = make_train_dataset(cache.dataset("train", decoded=False), 8, augmentation, seed=3, hold=True,
+                                     size=TEST_SIZE)
         images = np.concatenate([images for images, _ in dataset.as_numpy_iterator()])
         return float((images.max(axis=3) == 0).mean())
 

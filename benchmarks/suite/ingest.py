@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import os
 import time
 from pathlib import Path
@@ -9,6 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from suite import INGEST_GOAL, SIZES
+
+# _ingest_loop runs in a Ray Train worker, where benchmarks/ is not importable: ship it by value.
+import ray.cloudpickle  # noqa: E402
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def _pin_process_to(core: int) -> None:
@@ -57,7 +63,7 @@ def _ingest_rate(cache: Path, augment: str, held: bool, epochs: int, out: Path) 
         train_loop_config={"batch": 64, "augment": augment, "held": held, "px": split.size,
                            "epochs": epochs, "classes": list(split.taxonomy.names), "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        datasets={"train": split.dataset("train")}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": split.dataset("train", decoded=False)}, dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
         run_config=ray.train.RunConfig(storage_path=str(out.parent / "ray"), name=out.stem,
                                        worker_runtime_env=train_worker_runtime_env()))
     trainer.fit()
@@ -87,6 +93,6 @@ def run(work: Path, quick: bool) -> dict:
                 key = f"{'held' if held else 'streamed'}_{px}px_{augment}"
                 result[key] = _ingest_rate(cache, augment, held, epochs, work / f"ingest-{key}.json")
                 print(f"  ingest {key}: {result[key]:.0f} images/s", flush=True)
-    best_flip = max(result.get("held_256px_flip", 0), result.get("streamed_256px_flip", 0))
-    result["ratios"] = {"ingest_256px_flip_vs_goal": best_flip / INGEST_GOAL}
+    result["streamed_vs_held_256px_flip"] = result["streamed_256px_flip"] / result["held_256px_flip"]
+    result["ratios"] = {"ingest_streamed_256px_flip_vs_goal": result["streamed_256px_flip"] / INGEST_GOAL}
     return result

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -87,18 +88,23 @@ def decode_tensor_columns(batch: pa.Table, shapes: dict[str, tuple[int, ...]]) -
 
 
 def _read_parquet_v1(location: Location, columns: list[str]):
-    """read_parquet through Ray Data's first Parquet reader.
+    """read_parquet through Ray Data's first Parquet reader, a block per file.
 
     Ray 2.60's default (DataSource V2) starts fresh FooterReader actors, new worker processes, on every
     execution, i.e. on every epoch, seconds before the first batch of a small split (design.md). The
-    dataset keeps the context it was made with, so the switch only needs to hold while it is built.
+    dataset keeps the context it was made with, so the switch only needs to hold while it is built. And
+    Ray Data splits a read into at least 200 blocks by default: a 256-px file of 84 rows became 19 blocks of
+    4 rows, each a task output and an object to fetch; a cache file is already a block's worth (prepare).
     """
     import ray.data
 
     context = ray.data.DataContext.get_current()
     saved, context.use_datasource_v2 = context.use_datasource_v2, False
+    files = [info for info in location.filesystem.get_file_info(
+        pafs.FileSelector(location.path, recursive=True)) if info.path.endswith(".parquet")]
     try:
-        return ray.data.read_parquet(location.path, filesystem=location.filesystem, columns=columns)
+        return ray.data.read_parquet(location.path, filesystem=location.filesystem, columns=columns,
+                                     override_num_blocks=max(1, len(files)))
     finally:
         context.use_datasource_v2 = saved
 
@@ -188,9 +194,13 @@ class Cache:
                              f"(it has {', '.join(self.manifest['counts'])})")
         return self.location / f"split={split}"   # Hive partitioning: readers recover the `split` column
 
-    def dataset(self, split: str, columns=TENSOR_COLUMNS):
-        """The split as a streaming Ray Dataset with uint8 tensor columns."""
+    def dataset(self, split: str, columns=TENSOR_COLUMNS, decoded: bool = True):
+        """The split as a streaming Ray Dataset: with uint8 tensor columns, or (decoded=False) with the
+        stored fixed-size binary columns, which a reader turns into tensors itself with `tensors` (the train
+        input does: Ray Data's conversion of a tensor column costs it a copy per stage)."""
         dataset = _read_parquet_v1(self._split_location(split), list(columns))
+        if not decoded:
+            return dataset
         return dataset.map_batches(decode_tensor_columns, batch_format="pyarrow", batch_size=None,
                                    zero_copy_batch=True, fn_kwargs={"shapes": tensor_shapes(self.size)})
 

@@ -1,8 +1,10 @@
 """A worker's train batches: its shard of the train split, held in memory or streamed from Parquet, flipped
 and augmented, as a tf.data.Dataset of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
+    the shard: the cache's stored columns (Cache.dataset(..., decoded=False)), whole blocks of Arrow
+               fixed-size binary values turned into uint8 tensors here, without a copy (blocks)
     held:     read once (read_shard, a mirrored copy for the flip) -> a gather per batch (held_batches)
-    streamed: Ray Data's iterator every epoch (StreamedBatches) -> flip with OpenCV
+    streamed: every epoch (StreamedBatches), shuffled in a window, flipped with OpenCV
     both:     [warps and colours of geometric/full as batched TensorFlow ops] -> prefetch
 """
 from __future__ import annotations
@@ -11,40 +13,84 @@ import numpy as np
 from faceseg.backend import tf
 
 from faceseg.data.augment import Augmentation, augment_batch, flip_batch, mirror_into
+from faceseg.data.cache import decode_tensor
 from faceseg.errors import FacesegError
 
-READ_ROWS = 64   # rows per Ray Data batch while a held shard is read
+
+def blocks(shard, size: int, prefetch: int = 2):
+    """The shard's rows as they come, in pieces of {"image": (N, S, S, 3), "mask": (N, S, S)} uint8 (and
+    "name" when read): views of the Arrow buffers, a piece per record batch of a block (a block of several
+    Parquet row groups holds several, and joining them would copy every row), `prefetch` blocks fetched
+    ahead while the caller works."""
+    for table in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch):
+        for piece in table.to_batches():
+            block = {"image": decode_tensor(piece.column("image"), (size, size, 3)),
+                     "mask": decode_tensor(piece.column("mask"), (size, size))}
+            if "name" in piece.schema.names:
+                block["name"] = piece.column("name").to_numpy(zero_copy_only=False)
+            yield block
 
 
 class StreamedBatches:
     """One worker's shard streamed from Parquet every epoch, as NumPy batches for
-    tf.data.Dataset.from_generator: one Python call per batch, through Ray Data's local shuffle buffer.
-    With `flip`, each batch is flipped here with OpenCV (flip_batch), the cheapest place on a CPU."""
+    tf.data.Dataset.from_generator: one Python call per batch and no Python per row.
 
-    def __init__(self, shard, batch_size: int, flip: bool, flip_lut: np.ndarray, seed: int):
-        self.shard, self.batch_size, self.flip, self.flip_lut = shard, batch_size, flip, flip_lut
-        self.seed, self.epoch = seed, 0
+    Ray Data hands over whole blocks (no re-batching), prefetched while the step runs. Rows are shuffled in
+    a window of `window` rows: each batch takes `batch_size` rows of the window at random, whose places the
+    next rows of the stream then take; at the end of the stream the window is dealt out in a random order.
+    How random: a row leaves the window, on average, after window / batch_size batches, so an epoch's order
+    mixes rows that arrive within a few windows of each other, drawn anew every epoch; which rows arrive
+    together is Ray Data's block order (the split's files, in a new random order each epoch). With `flip`,
+    a random half of each batch is mirrored in the same gather, left and right classes swapped by a table.
+    """
+
+    def __init__(self, shard, batch_size: int, flip: bool, flip_lut: np.ndarray, seed: int, size: int,
+                 window: int = 0):
+        self.shard, self.batch_size, self.flip, self.seed, self.size, self.epoch = shard, batch_size, flip, seed, size, 0
+        self.window = max(window or 8 * batch_size, batch_size)
+        self.lut = np.asarray(flip_lut, np.uint8)
+
+    def _deal(self, images, masks, rows: np.ndarray, rng: np.random.Generator):
+        """One batch: rows of the window, a random half mirrored when flipping."""
+        if self.flip:
+            return flip_batch(images, masks, self.lut, rng, rows)
+        return images[rows], masks[rows]
 
     def __call__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
-        for batch in self.shard.iter_batches(batch_size=self.batch_size, batch_format="numpy", drop_last=True,
-                                             local_shuffle_buffer_size=4 * self.batch_size,
-                                             local_shuffle_seed=int(rng.integers(2**31))):
-            if self.flip:
-                yield flip_batch(batch["image"], batch["mask"], self.flip_lut, rng)
-            else:
-                yield batch["image"], batch["mask"]
+        images = masks = None
+        free = np.arange(self.window)                # the window's places that wait for a row of the stream
+        for block in blocks(self.shard, self.size):
+            incoming_images, incoming_masks = block["image"], block["mask"]
+            if images is None:
+                images = np.empty((self.window, *incoming_images.shape[1:]), np.uint8)
+                masks = np.empty((self.window, *incoming_masks.shape[1:]), np.uint8)
+            start = 0
+            while start < len(incoming_images):
+                places = free[:len(incoming_images) - start]
+                images[places] = incoming_images[start:start + len(places)]
+                masks[places] = incoming_masks[start:start + len(places)]
+                free, start = free[len(places):], start + len(places)
+                if not len(free):                    # a full window: deal a batch, its places wait for rows
+                    free = rng.choice(self.window, self.batch_size, replace=False)
+                    yield self._deal(images, masks, free, rng)
+        if images is None:
+            return
+        held = np.setdiff1d(np.arange(self.window), free)
+        order = rng.permutation(held)                # the end of the stream: the window, dealt out
+        for first in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            yield self._deal(images, masks, order[first:first + self.batch_size], rng)
 
 
-def read_shard(shard, flip_lut: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor]:
+def read_shard(shard, size: int, flip_lut: np.ndarray | None) -> tuple[tf.Tensor, tf.Tensor]:
     """The whole shard as two tensors, (N, S, S, 3) images and (N, S, S) masks, read once. With `flip_lut`,
     rows N..2N-1 hold rows 0..N-1 mirrored (left/right classes swapped): a flipped batch is then a plain
     gather, as cheap as an unflipped one, for twice the memory.
 
     Ray Data hands the rows over in the order its read tasks finish, which changes from run to run; with a
     "name" column the rows are held sorted by name, so that a seed deals the same batches every run."""
-    chunks = list(shard.iter_batches(batch_size=READ_ROWS, batch_format="numpy"))
+    chunks = list(blocks(shard, size))
     count = sum(len(chunk["image"]) for chunk in chunks)
     if not count:
         raise FacesegError("this worker's share of the train split is empty: fewer train images than workers")
@@ -89,8 +135,8 @@ def held_batches(images: tf.Tensor, masks: tf.Tensor, batch_size: int, flip: boo
     return epoch_seeds.flat_map(epoch).map(lambda rows: (tf.gather(images, rows), tf.gather(masks, rows)))
 
 
-def make_train_dataset(shard, batch_size: int, augmentation: Augmentation, seed: int, hold: bool = False,
-                       size: int | None = None) -> tf.data.Dataset:
+def make_train_dataset(shard, batch_size: int, augmentation: Augmentation, seed: int, hold: bool,
+                       size: int) -> tf.data.Dataset:
     """A worker's shard as batches of ((B, S, S, 3) uint8 images, (B, S, S) uint8 masks).
 
     `batch_size` is what one batch of the dataset holds (Keras splits it between replicas). With `hold`
@@ -101,11 +147,11 @@ def make_train_dataset(shard, batch_size: int, augmentation: Augmentation, seed:
     """
     flip, flip_lut = augmentation.level != "none", augmentation.flip_lut
     if hold:
-        images, masks = read_shard(shard, flip_lut if flip else None)
+        images, masks = read_shard(shard, size, flip_lut if flip else None)
         dataset = held_batches(images, masks, batch_size, flip, seed)
     else:
         dataset = tf.data.Dataset.from_generator(
-            StreamedBatches(shard, batch_size, flip, flip_lut, seed),
+            StreamedBatches(shard, batch_size, flip, flip_lut, seed, size),
             output_signature=(tf.TensorSpec((batch_size, size, size, 3), tf.uint8),
                               tf.TensorSpec((batch_size, size, size), tf.uint8)))
     if augmentation.level in ("geometric", "full"):

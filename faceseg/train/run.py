@@ -179,17 +179,17 @@ def with_init(config: Config, init: str | None, taxonomy: Taxonomy) -> Config:
 
 # --- fitting ----------------------------------------------------------------------------------------------------
 
-def repeat_rows(batch: dict, times: dict[str, int]) -> dict:
-    """Ray Data map_batches: each row whose name is in `times` that many times, the others once."""
-    counts = np.array([times.get(str(name), 1) for name in batch["name"]])
-    return {key: np.repeat(column, counts, axis=0) for key, column in batch.items()}
+def repeat_rows(batch, times: dict[str, int]):
+    """Ray Data map_batches over Arrow blocks: each row whose name is in `times` that many times, the others once."""
+    counts = np.array([times.get(str(name), 1) for name in batch.column("name").to_pylist()])
+    return batch.take(np.repeat(np.arange(batch.num_rows), counts))
 
 
 def train_split(cache: Cache, repeat: dict[str, int]):
     """(Ray Dataset, rows) of the train split, each image whose name matches a `train.repeat` glob in it as
     many times as the largest matching pattern says; prints what each pattern matched."""
     # "name" rides along so that a held shard can put its rows in a fixed order (input.read_shard).
-    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"))
+    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"), decoded=False)
     if not repeat:
         return dataset, cache.count("train")
     names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
@@ -202,7 +202,7 @@ def train_split(cache: Cache, repeat: dict[str, int]):
               + ("" if hits else "; nothing repeated (image names are file stems, e.g. " + repr(names[0]) + ")"),
               flush=True)
     rows = sum(times.get(name, 1) for name in names)
-    return dataset.map_batches(repeat_rows, batch_format="numpy", fn_kwargs={"times": times}), rows
+    return dataset.map_batches(repeat_rows, batch_format="pyarrow", batch_size=None, fn_kwargs={"times": times}), rows
 
 
 def ray_worker_loop(spec: LoopSpec) -> None:
