@@ -82,5 +82,5 @@ def test_local_mirrored_strategy_over_two_logical_devices(plain, ray_runtime):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     history = _history(run)
     _check_against(plain_history, history)
-    # two replicas of 2 images: the plain run's 4 images a step, and its 54 steps an epoch
-    assert history[0]["steps"] == 54 == plain_history[0]["steps"]
+    # two replicas of 2 images: the plain run's 4 images a step, and so its steps an epoch
+    assert history[0]["steps"] == plain_history[0]["steps"] > 1
