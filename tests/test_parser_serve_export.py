@@ -79,7 +79,7 @@ def test_refinement_keeps_a_thin_confident_class_that_shares_its_neighbours_colo
     # Kept where the model left skin under REFINE_MIN_PROBABILITY (the middle 4 of the band's 8 pixels).
     assert (refined[:, 30:34] == 1).all() and (refined[:, :28] == 0).all() and (refined[:, 36:] == 0).all()
     # The filter alone averages the band away; the model's own probabilities keep it.
-    blended = guided_filter(tf, tf.cast(photo, tf.float32) / 255.0, probs, tf.constant([grid, grid]), 3, 1e-4)
+    blended = guided_filter(tf, photo, probs, tf.constant([grid, grid]), 3, 1e-4)
     assert (np.argmax(blended.numpy(), -1) == 0).all()
 
 
