@@ -23,7 +23,8 @@ def test_synth_layout_and_class_frequencies(tmp_path):
     assert len(list((tmp_path / "train").glob("*_image.jpg"))) == 40
     assert len(list((tmp_path / "test").glob("*_label.png"))) == 4
     assert read_label_names(tmp_path / "label_names.txt").names == LABEL_NAMES
-    assert info["images_per_second"] > 0
+    assert (info["train"], info["test"], info["size"]) == (40, 4, 128)
+    assert info["images_per_second"] == pytest.approx(44 / info["seconds"])
     labels = np.stack([render_face(np.random.default_rng(i), 128)[1] for i in range(30)])
     freq = np.bincount(labels.ravel(), minlength=11) / labels.size
     assert (freq > 0).all()                                   # every class appears

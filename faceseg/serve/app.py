@@ -7,7 +7,8 @@
 
 Each replica decodes a request on a thread (OpenCV releases the GIL) and hands the model's input to a
 Serve batch (`@serve.batch`): concurrent requests share one forward pass, then each one's probabilities
-are resized and argmaxed at its own size, the same code path as FaceParser and `faceseg predict`.
+are refined and resized to its own size on its own thread, while the next batch runs, the same code path
+as FaceParser and `faceseg predict`.
 Bad requests get a 4xx and a message; the replica keeps serving.
 
 Bounded work per request (docs/security.md): a body is read as it arrives, up to MAX_BODY_BYTES (chunked
@@ -85,12 +86,10 @@ def _service_class():
             self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
         @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
-        async def forward(self, items: list[tuple[np.ndarray, tuple[int, int], np.ndarray | None]]) -> list[np.ndarray]:
-            return await asyncio.to_thread(self._forward, items)
-
-        def _forward(self, items):
-            probs = self.parser.probabilities(np.stack([pixels for pixels, _, _ in items]))
-            return [self.parser.label_map(probs[i], h, w, guide) for i, (_, (h, w), guide) in enumerate(items)]
+        async def forward(self, pixels: list[np.ndarray]) -> list:
+            """The network, for every request that arrived together: each one's probabilities."""
+            probs = await asyncio.to_thread(self.parser.probabilities, np.stack(pixels))
+            return [probs[i] for i in range(len(pixels))]
 
         def _read(self, body: bytes):
             pixels, (height, width), rgb = self.parser.read(body)
@@ -126,7 +125,10 @@ def _service_class():
             except BadFileError as error:
                 status = 413 if "more than" in error.reason else 400
                 return self._error(status, f"the body is not a usable image: {error.reason}")
-            ids = await self.forward(item)
+            pixels, (height, width), guide = item
+            probs = await self.forward(pixels)
+            # Each request's own label map on a thread of its own: while the next batch is in the network.
+            ids = await asyncio.to_thread(self.parser.label_map, probs, height, width, guide)
             if request.query_params.get("format", "png") == "json":
                 counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
                 return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
