@@ -75,21 +75,37 @@ def demo() -> str:
             f"(`python benchmarks/demo.py`).\n")
 
 
+def finetune() -> str:
+    report = _json("finetune")
+    runs = {(run["photos"], run["start"]): run for run in report["runs"]}
+    pairs = ", ".join(f"{photos} photos {100 * runs[photos, 'init']['mean_f1']:.1f} against "
+                      f"{100 * runs[photos, 'scratch']['mean_f1']:.1f}"
+                      for photos in sorted({photos for photos, _ in runs}))
+    return (f"On {report['scored_photos']} FASSEG photos of people neither model saw, mean F1 (%) with `--init` "
+            f"against from scratch: {pairs}; the starting model alone scored "
+            f"{100 * report['base']['mean_f1']:.1f} ([benchmarks/results/finetune.md](benchmarks/results/finetune.md)).\n")
+
+
 def benchmark_ratios() -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from suite import GOALS
 
     report = _json("full")
-    lines = [f"Full run of {report['machine']['date'][:10]}, {report['machine']['cpus']} CPU cores:", "",
-             "| ratio (same run, same machine) | measured | goal |", "|---|---|---|"]
-    for name, value in report["ratios"].items():
-        op, goal = GOALS.get(name, ("", "–"))
-        lines.append(f"| {name} | {value:.3g} | {op} {goal} |")
+    lines = [f"`python benchmarks/run.py`, {report['machine']['cpus']} CPU cores; each benchmark's date is when it "
+             "last ran (`--only` re-runs some):", "",
+             "| ratio (same run, same machine) | measured | goal | benchmark, date |", "|---|---|---|---|"]
+    for bench, result in report.items():
+        if not isinstance(result, dict) or "ratios" not in result or bench == "ratios":
+            continue
+        for name, value in result["ratios"].items():
+            op, goal = GOALS.get(name, ("", "–"))
+            lines.append(f"| {name} | {value:.3g} | {op} {goal} | {bench}, {result['measured'][:10]} |")
     return "\n".join(lines) + "\n"
 
 
 GENERATORS = {"config-options": config_options, "real-photos": real_photos, "real-photos-frontal": real_photos_frontal,
-              "shipped-models": shipped_models, "demo": demo, "benchmark-ratios": benchmark_ratios}
+              "shipped-models": shipped_models, "demo": demo, "finetune": finetune,
+              "benchmark-ratios": benchmark_ratios}
 
 
 def model_cards() -> dict[Path, str]:
