@@ -1,61 +1,113 @@
-"""`faceseg predict` against model.predict on preloaded tensors, with and without edge refinement."""
+"""Photo to label map on real photos (FASSEG's, about 512 x 400, the 12 of tests/data/fasseg-sample repeated),
+with the shipped model (128 px): the network alone (`model.predict` on tensors already decoded and resized),
+FaceParser.batch and one photo at a time with and without edge refinement, and the `faceseg predict` job;
+and where a photo's time goes, stage by stage."""
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from suite import SIZES
 
+SAMPLE = Path(__file__).resolve().parents[2] / "tests" / "data" / "fasseg-sample" / "images"
+BATCH = 16
 
-def _predict_rate(model, tensors: np.ndarray) -> float:
-    start = time.perf_counter()
-    model.predict(tensors, batch_size=16, verbose=0)
-    return len(tensors) / (time.perf_counter() - start)
+
+def _photos(work: Path, count: int) -> Path:
+    folder = work / f"photos{count}"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        sources = sorted(SAMPLE.glob("*.jpg"))
+        for i in range(count):
+            shutil.copy(sources[i % len(sources)], folder / f"photo{i:03d}.jpg")
+    return folder
+
+
+def _best_rate(fn, images: int, runs: int) -> float:
+    """images/s of the fastest of `runs` calls (timeit's rule, for every side alike)."""
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return images / best
+
+
+def _stages(parser, datas: list[bytes]) -> dict:
+    """Milliseconds a photo spends in each stage, each stage timed alone over every photo."""
+    from faceseg.data.decode import decode_image, encode_png, resize_image
+    from faceseg.predict.parser import REFINE_ZOOM, guide_image
+
+    decoded = [decode_image(np.frombuffer(d, np.uint8), "x", parser.size) for d in datas]
+    detail = [decode_image(np.frombuffer(d, np.uint8), "x", parser.size * REFINE_ZOOM) for d in datas]
+    pixels = np.stack([resize_image(image, parser.size) for image, _ in decoded])
+    guides = [guide_image(image, *shape, parser.size) for (image, shape) in detail]
+    probs = parser.probabilities(pixels)
+    maps = [parser.label_map(probs[i], *decoded[i][1], guides[i]) for i in range(len(datas))]
+    plain = [parser.label_map(probs[i], *decoded[i][1]) for i in range(len(datas))]
+    n = len(datas)
+
+    def ms(fn):
+        return 1000 / _best_rate(fn, n, 3)
+
+    return {
+        "decode_ms": ms(lambda: [decode_image(np.frombuffer(d, np.uint8), "x", parser.size) for d in datas]),
+        "resize_to_grid_ms": ms(lambda: [resize_image(image, parser.size) for image, _ in decoded]),
+        "guide_decode_and_resize_ms": ms(lambda: [guide_image(decode_image(np.frombuffer(d, np.uint8), "x",
+                                                                           parser.size * REFINE_ZOOM)[0],
+                                                              *decode_image(np.frombuffer(d, np.uint8), "x",
+                                                                            parser.size)[1], parser.size)
+                                                  for d in datas]),
+        "network_ms": ms(lambda: [parser.probabilities(pixels[i:i + BATCH]).numpy() for i in range(0, n, BATCH)]),
+        "refined_label_map_ms": ms(lambda: [parser.label_map(probs[i], *decoded[i][1], guides[i]) for i in range(n)]),
+        "plain_resize_to_photo_ms": ms(lambda: [parser.label_map(probs[i], *decoded[i][1]) for i in range(n)]),
+        "png_encode_ms": ms(lambda: [encode_png("x", label) for label in maps]),
+        "refined_differs_from_plain": float(np.mean([(a != b).mean() for a, b in zip(maps, plain)])),
+    }
 
 
 def run(work: Path, quick: bool) -> dict:
-    from faceseg.backend import tf
-
-    from faceseg.config import ModelConfig
-    from faceseg.model.unet import build_unet
     from faceseg.predict.job import predict_folder
-    from faceseg.data.synth import write_synthetic_dataset
+    from faceseg.predict.parser import FaceParser
 
-    n = SIZES["predict_images"][not quick]
-    data = work / f"predict{n}"
-    if not data.exists():
-        write_synthetic_dataset(data, train=0, test=n, size=256, seed=4)
-    model_path = work / "predict-model.keras"
-    model = build_unet(ModelConfig(depth=4, base_filters=16), 256, 11)
-    model.save(str(model_path), save_format="keras_v3")
-    files = sorted((data / "test").glob("*_image.jpg"))
-    tensors = np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in files])
-    model.predict(tensors[:16], batch_size=16, verbose=0)                      # warm up, as an actor would
-    runs = SIZES["predict_runs"][not quick]
-    # One model.predict run swung 19.5-29.4 images/s on this machine: the best of `runs`, for both sides.
-    baseline = max(_predict_rate(model, tensors) for _ in range(runs))
-    del model
-    tf.keras.backend.clear_session()
-    out = work / "predict-out"
-    # The job against model.predict: the same work (probabilities resized, no edge refinement), so the ratio
-    # is the job's plumbing. Edge refinement, faceseg's default, is extra work measured on its own below.
-    summaries, refined = [], []
-    for _ in range(runs):
-        for refine, kept in ((False, summaries), (True, refined)):
+    count, runs = SIZES["predict_images"][not quick], SIZES["predict_runs"][not quick]
+    folder = _photos(work, count)
+    files = sorted(folder.glob("*.jpg"))
+    datas = [path.read_bytes() for path in files]
+    parsers = {refine: FaceParser.load("fasseg", refine=refine) for refine in (True, False)}
+    model = parsers[True].model
+    tensors = np.stack([parsers[True].read(d)[0] for d in datas])                 # decoded and resized already
+    model.predict(tensors[:BATCH], batch_size=BATCH, verbose=0)
+    result = {"photos": count, "distinct_photos": len(list(SAMPLE.glob("*.jpg"))), "model": "fasseg",
+              "grid_px": parsers[True].size, "batch": BATCH, "runs": runs}
+    result["network_images_per_s"] = _best_rate(lambda: model.predict(tensors, batch_size=BATCH, verbose=0),
+                                                count, runs)
+    for refine, parser in parsers.items():
+        name = "refined" if refine else "plain"
+        parser.batch(datas[:BATCH])                                                 # traced
+        result[f"parser_batch_{name}_images_per_s"] = _best_rate(
+            lambda: [parser.batch(datas[i:i + BATCH]) for i in range(0, count, BATCH)], count, runs)
+        result[f"parser_one_at_a_time_{name}_images_per_s"] = _best_rate(
+            lambda: [parser(d) for d in datas], count, runs)
+        rates = []
+        for _ in range(runs):
+            out = work / f"predict-{name}"
             shutil.rmtree(out, ignore_errors=True)
-            kept.append(predict_folder(model_path, data / "test", out, batch_size=16, overwrite=True, refine=refine))
-            assert kept[-1].predicted == n
-    # Steady state, as for the baseline (warmed up, model in memory): from the first batch through a loaded,
-    # traced model to the last PNG (PredictSummary.steady_images_per_second).
-    steady = max(summary.steady_images_per_second for summary in summaries)
-    steady_refined = max(summary.steady_images_per_second for summary in refined)
-    whole = max(summary.predicted / summary.seconds for summary in summaries)
-    return {"images": n, "px": 256, "runs": runs, "model_predict_images_per_s": baseline,
-            "faceseg_images_per_s": steady, "faceseg_whole_call_images_per_s": whole,
-            "faceseg_refined_images_per_s": steady_refined,
-            "ratios": {"predict_vs_model_predict": steady / baseline},
-            "whole_call_ratio": whole / baseline, "refined_vs_plain": steady_refined / steady}
+            summary = predict_folder("fasseg", folder, out, batch_size=BATCH, refine=refine)
+            assert summary.predicted == count and not summary.failed
+            rates.append(summary.steady_images_per_second)
+        result[f"job_{name}_images_per_s"] = max(rates)
+    result["stages"] = _stages(parsers[True], datas[:min(count, 48)])
+    network = result["network_images_per_s"]
+    result["ratios"] = {
+        "predict_refined_vs_model_predict": result["parser_batch_refined_images_per_s"] / network,
+        "predict_plain_vs_model_predict": result["parser_batch_plain_images_per_s"] / network,
+        "job_refined_vs_model_predict": result["job_refined_images_per_s"] / network,
+        "one_at_a_time_vs_batch": result["parser_one_at_a_time_refined_images_per_s"]
+                                  / result["parser_batch_refined_images_per_s"],
+    }
+    result["job_plain_vs_model_predict"] = result["job_plain_images_per_s"] / network
+    return result
