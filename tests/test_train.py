@@ -112,6 +112,26 @@ def test_a_held_split_deals_the_same_batches_for_a_seed_whatever_order_ray_data_
     assert other_seed != epochs[0] and sorted(other_seed) != sorted(epochs[0])   # another order, other flips
 
 
+def test_the_train_splits_files_come_in_a_new_order_every_epoch_the_same_for_a_seed(cache_dir):
+    """A streamed epoch shuffles within a window of the rows as they arrive, so which rows can meet depends
+    on the files' order: new every epoch, the same orders for the same seed (rows kept in read order here,
+    so that only the shuffle moves them)."""
+    from faceseg.train.run import train_split
+
+    cache = Cache.open(cache_dir)
+
+    def file_orders(seed: int) -> list[list[str]]:
+        dataset = train_split(cache, {}, seed)[0]
+        dataset.context.execution_options.preserve_order = True
+        return [[str(block.column("name")[0]) for block in dataset.iter_batches(batch_size=None, batch_format="pyarrow")]
+                for _ in range(3)]
+
+    orders = file_orders(seed=1)
+    assert len(orders[0]) > 3 and all(sorted(order) == sorted(orders[0]) for order in orders)
+    assert orders[0] != orders[1] != orders[2]
+    assert file_orders(seed=1) == orders and file_orders(seed=2) != orders
+
+
 def _epoch_images(dataset) -> list[bytes]:
     return [image.tobytes() for images, _ in dataset.as_numpy_iterator() for image in images]
 

@@ -87,7 +87,7 @@ def decode_tensor_columns(batch: pa.Table, shapes: dict[str, tuple[int, ...]]) -
             else batch.column(name).to_numpy(zero_copy_only=False) for name in batch.column_names}
 
 
-def _read_parquet_v1(location: Location, columns: list[str]):
+def _read_parquet_v1(location: Location, columns: list[str], shuffle_seed: int | None = None):
     """read_parquet through Ray Data's first Parquet reader, a block per file.
 
     Ray 2.60's default (DataSource V2) starts fresh FooterReader actors, new worker processes, on every
@@ -95,6 +95,7 @@ def _read_parquet_v1(location: Location, columns: list[str]):
     dataset keeps the context it was made with, so the switch only needs to hold while it is built. And
     Ray Data splits a read into at least 200 blocks by default: a 256-px file of 84 rows became 19 blocks of
     4 rows, each a task output and an object to fetch; a cache file is already a block's worth (prepare).
+    With `shuffle_seed` the files come in a new order every execution (epoch), the same orders every run.
     """
     import ray.data
 
@@ -103,8 +104,9 @@ def _read_parquet_v1(location: Location, columns: list[str]):
     files = [info for info in location.filesystem.get_file_info(
         pafs.FileSelector(location.path, recursive=True)) if info.path.endswith(".parquet")]
     try:
+        shuffle = None if shuffle_seed is None else ray.data.FileShuffleConfig(seed=shuffle_seed)
         return ray.data.read_parquet(location.path, filesystem=location.filesystem, columns=columns,
-                                     override_num_blocks=max(1, len(files)))
+                                     override_num_blocks=max(1, len(files)), shuffle=shuffle)
     finally:
         context.use_datasource_v2 = saved
 
@@ -194,11 +196,12 @@ class Cache:
                              f"(it has {', '.join(self.manifest['counts'])})")
         return self.location / f"split={split}"   # Hive partitioning: readers recover the `split` column
 
-    def dataset(self, split: str, columns=TENSOR_COLUMNS, decoded: bool = True):
+    def dataset(self, split: str, columns=TENSOR_COLUMNS, decoded: bool = True, shuffle_seed: int | None = None):
         """The split as a streaming Ray Dataset: with uint8 tensor columns, or (decoded=False) with the
         stored fixed-size binary columns, which a reader turns into tensors itself with `tensors` (the train
-        input does: Ray Data's conversion of a tensor column costs it a copy per stage)."""
-        dataset = _read_parquet_v1(self._split_location(split), list(columns))
+        input does: Ray Data's conversion of a tensor column costs it a copy per stage). With `shuffle_seed`,
+        its files in a new order every epoch."""
+        dataset = _read_parquet_v1(self._split_location(split), list(columns), shuffle_seed)
         if not decoded:
             return dataset
         return dataset.map_batches(decode_tensor_columns, batch_format="pyarrow", batch_size=None,

@@ -185,11 +185,12 @@ def repeat_rows(batch, times: dict[str, int]):
     return batch.take(np.repeat(np.arange(batch.num_rows), counts))
 
 
-def train_split(cache: Cache, repeat: dict[str, int]):
+def train_split(cache: Cache, repeat: dict[str, int], seed: int = 0):
     """(Ray Dataset, rows) of the train split, each image whose name matches a `train.repeat` glob in it as
-    many times as the largest matching pattern says; prints what each pattern matched."""
+    many times as the largest matching pattern says; prints what each pattern matched. Its files come in a
+    new order every epoch (from `seed`): a streamed epoch's shuffle window mixes the rows it is given."""
     # "name" rides along so that a held shard can put its rows in a fixed order (input.read_shard).
-    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"), decoded=False)
+    dataset = cache.dataset("train", columns=(*TENSOR_COLUMNS, "name"), decoded=False, shuffle_seed=seed)
     if not repeat:
         return dataset, cache.count("train")
     names = [str(name) for name in cache.arrays("train", columns=("name",))["name"]]
@@ -295,7 +296,7 @@ def fit_run(config: Config, run: Location, plan, *, local: bool = False, cpu_sha
     metric = resolve_metric(config, taxonomy)
     on_device = config.train.augment_on == "device" or (config.train.augment_on == "auto" and config.scaling.use_gpu)
     mode = "local, one process" if local else f"Ray Train, {config.scaling.num_workers} worker(s)"
-    train_data, train_rows = train_split(cache, config.train.repeat)
+    train_data, train_rows = train_split(cache, config.train.repeat, config.train.seed)
     print(f"training {mode}: {train_rows} train / {cache.count('val')} val images at {cache.size} px, "
           f"{taxonomy.num_classes} classes, {config.train.epochs} epochs, best epoch by {metric}, model.keras from "
           f"the {config.train.final_model} epoch -> {run}", flush=True)
