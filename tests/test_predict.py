@@ -99,6 +99,7 @@ def test_refinement_is_recorded_and_a_switch_is_refused_without_overwrite(traine
     assert (cv2.imread(str(out / "test_0.png"), cv2.IMREAD_UNCHANGED) == plain.batch([image], [(48, 48)])[0]).all()
 
 
+@pytest.mark.slow
 def test_killed_job_rerun_completes_without_rewriting(ray_runtime, trained_run, tmp_path):
     images = tmp_path / "many"
     images.mkdir()

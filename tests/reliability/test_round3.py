@@ -144,11 +144,13 @@ def test_23_synth_again_replaces_its_own_files_and_nothing_else(tmp_path, capsys
 
 # --- bounded work -----------------------------------------------------------------------------------------------
 
-def test_24_a_fifo_in_the_input_is_skipped_with_a_reason_and_nothing_hangs(trained_run, tmp_path):
+def test_24_a_fifo_in_the_input_is_skipped_with_a_reason_and_nothing_hangs(ray_runtime, trained_run, tmp_path):
     data = small_helen(tmp_path / "d")
     os.mkfifo(data / "test" / "pipe_image.jpg")
+    # A subprocess, so that a hang ends at the timeout; it joins the tests' runtime to start quicker.
     done = subprocess.run([sys.executable, "-m", "faceseg", "predict", "--model", str(trained_run),
-                           "--input", str(data / "test"), "--output", str(tmp_path / "p")],
+                           "--input", str(data / "test"), "--output", str(tmp_path / "p"),
+                           "--address", ray_runtime.get_runtime_context().gcs_address],
                           env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]
     assert "pipe_image.jpg: not a regular file (a named pipe (FIFO))" in done.stdout
