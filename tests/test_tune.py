@@ -99,7 +99,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(ray_runtime, cache_dir, tmp_pat
         "base": {"model": {"depth": 3, "base_filters": 8, "dropout": 0.0},
                  "train": {"epochs": 4, "batch_size": 8}, "scaling": {"num_workers": 1}},
         "space": {"train.learning_rate": {"grid": [3e-3, 4e-3]}},
-        "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent_trials": 1,
+        # both trials at once: the kill lands while each is mid-run or not yet started
+        "scheduler": {"type": "fifo"}, "num_samples": 1, "max_concurrent_trials": 2,
     }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(sweep))
     out = tmp_path / "sweep"
