@@ -63,7 +63,10 @@ class RayNode:
         # token authentication on every node, as a cluster started where a token exists has it (the
         # token: ~/.ray/auth_token, shared by every node of this machine)
         self.env = {**user_env(), **(env or {}), "RAY_AUTH_MODE": "token"}
-        self.temp_dir = head.temp_dir if head else tempfile.mkdtemp(prefix="rt", dir="/tmp")
+        # A folder of its own for every node, as every machine of a real cluster has: two nodes sharing one
+        # unpack the same job's working_dir into one place, and Ray re-unpacks (deletes, then writes) it for
+        # each node's first worker, so a job driver running from it on the head lost files mid-run.
+        self.temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
         self.gcs_port = head.gcs_port if head else free_port()
         self.dashboard_port = head.dashboard_port if head else free_port()
         self.process = None
@@ -91,7 +94,7 @@ class RayNode:
                        f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true",
                        f"--temp-dir={self.temp_dir}", *common, *ports]
         else:
-            command = [RAY, "start", f"--address={self.head.gcs}", *common, *ports]
+            command = [RAY, "start", f"--address={self.head.gcs}", f"--temp-dir={self.temp_dir}", *common, *ports]
         self.log = open(Path(self.temp_dir) / f"ray-start-{time.time_ns()}.log", "w")
         self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
@@ -111,8 +114,7 @@ class RayNode:
 
     def stop(self) -> None:
         _stop_group(self.process)
-        if self.head is None:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 def ray_cli(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -83,8 +83,7 @@ def test_train_predict_and_sweep_on_two_nodes_with_every_file_in_the_bucket(clus
                  "--output", f"{bucket}/runs/r1", *TINY)
     assert "trained 2 epochs" in log
     # The chief's per-epoch table reached the job's log, and Ray's per-report, TF's per-save and Ray Data's
-    # progress-bar lines did not. (Each worker line comes twice here: this machine's two nodes share one log
-    # folder, so both nodes' log monitors send it; test_train checks the table is printed once.)
+    # progress-bar lines did not (test_train checks the table is printed once).
     assert re.search(r"epoch\s+loss\s+val_loss", log), log[-3000:]
     for noise in ("Reporting training result", "Sharding callback duration", "split(2, equal=True): Tasks"):
         assert noise not in log, (noise, log[-3000:])
