@@ -3,7 +3,7 @@
 - saved_model: TF Serving's format. Its `serving_default` signature takes `image`, a uint8 batch of RGB
   images of any size (B, H, W, 3), resizes it to the model's grid, and returns `class_ids`, uint8
   (B, H, W) at the input's size, with class edges refined along the photo's as faceseg predict does
-  (faceseg/predict/parser.py); its `plain` signature skips the refinement (`faceseg predict --no-refine`).
+  (faceseg/predict/refine.py); its `plain` signature skips the refinement (`faceseg predict --no-refine`).
 - tflite: for phones; a fixed (1, S, S, 3) uint8 input at the model's grid size S, (1, S, S) uint8 ids.
 - onnx: through tf2onnx, (N, S, S, 3) uint8 in, (N, S, S) uint8 ids out.
 TFLite and ONNX see only the model's grid, not the photo, so they do not refine.
@@ -63,22 +63,23 @@ def _ids_function(tf, model, size: int, any_size: bool):
 def _refined_ids_function(tf, model, size: int):
     """uint8 images of any size -> uint8 class ids at that size, refined as FaceParser refines: the batch
     resized to the grid, its probabilities refined along a guide (the batch at guide_shape), resized back."""
-    from faceseg.predict.parser import REFINE_ZOOM, refine_probabilities
+    from faceseg.predict.refine import REFINE_ZOOM, refine_probabilities
 
     def class_ids(image):
         height, width = tf.shape(image)[1], tf.shape(image)[2]
         pixels = tf.cast(image, tf.float32)
-        probs = _probabilities(tf, model, _resized(tf, pixels, (size, size)))
+        inputs = _resized(tf, pixels, (size, size))
+        probs = _probabilities(tf, model, inputs)
         shape = tf.cast(tf.stack([height, width]), tf.float32)                     # guide_shape, in the graph
         guide_size = tf.maximum(1, tf.cast(tf.round(shape * tf.minimum(1.0, REFINE_ZOOM * size
                                                                          / tf.reduce_max(shape))), tf.int32))
         guides = _resized(tf, pixels, guide_size)
 
         def one(args):
-            scores = refine_probabilities(tf, args[0], args[1], size)
+            scores = refine_probabilities(tf, args[0], args[1], args[2])
             scores = tf.image.resize(scores[None], (height, width), method="bilinear")[0]
             return tf.cast(tf.argmax(scores, axis=-1), tf.uint8)
-        return tf.map_fn(one, (probs, guides), fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+        return tf.map_fn(one, (probs, inputs, guides), fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
     return class_ids
 
 

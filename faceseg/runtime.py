@@ -57,6 +57,14 @@ DATA_CPUS = 1.0         # what Ray Data's read and decode tasks need free beside
 MALLOC_OPTIONS = {-3: 32 << 20, -1: 512 << 20, -2: 64 << 20}    # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_TOP_PAD
 
 
+def available_cores() -> int:
+    """The cores this process may run on: its affinity mask (taskset, a container's cpuset), else all."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                              # not Linux
+        return os.cpu_count() or 1
+
+
 def keep_freed_memory() -> bool:
     """Tune this process's glibc malloc (MALLOC_OPTIONS) to reuse big freed blocks; False where it is not glibc."""
     import ctypes

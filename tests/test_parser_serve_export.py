@@ -45,41 +45,55 @@ def test_parser_gives_what_predict_writes(parser, trained_run, synth_dir, tmp_pa
     assert overlay.ndim == 3 and overlay.shape[0] > 256 and parser.classes[1] == "face"
 
 
-def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
-    import tensorflow as tf
+def _grid_input(photo: np.ndarray, grid: int) -> np.ndarray:
+    """The model's input for `photo`: resized to the grid as faceseg does."""
+    from faceseg.data.decode import resize_image
 
-    from faceseg.predict.parser import refine_probabilities, resize_argmax_band
+    return resize_image(photo, grid)
+
+
+def test_refinement_moves_a_class_edge_onto_the_photos_edge_and_no_further():
+    from faceseg.predict.labelmap import plain_label_map, refined_label_map
 
     grid, height, width, edge = 16, 64, 48, 21
     centres = (np.arange(grid) + 0.5) / grid * width                  # each grid column's centre, output pixels
     face = 1 / (1 + np.exp(-(centres - 26) / 3.0))                    # the model's edge: soft, 5 px right of the photo's
-    probs = tf.constant(np.stack([1 - face, face], -1)[None].repeat(grid, 0), tf.float32)   # (16, 16, 2)
+    probs = np.stack([1 - face, face], -1)[None].repeat(grid, 0).astype(np.float32)   # (16, 16, 2)
     photo = np.full((height, width, 3), 40, np.uint8)
     photo[:, edge:] = (200, 60, 60)
-    plain = resize_argmax_band(tf, probs, height, width, 0, height).numpy()
-    refined = np.argmax(refine_probabilities(tf, probs, tf.constant(photo), grid).numpy(), -1)
+    plain = plain_label_map(probs, height, width)
+    refined = refined_label_map(probs, _grid_input(photo, grid), photo, height, width)
     assert (plain.argmax(axis=1) == 26).all()                         # the plain resize keeps the model's edge
-    assert (refined.argmax(axis=1) == edge).all()                     # refined: the photo's edge, every row
+    # Refined: onto the photo's edge, every row, to within a pixel (a grid cell here is 3 pixels wide; the
+    # filter's residual blur leaves the last pixel on the model's side, from either side: edges 21 and 27).
+    assert (np.abs(refined.argmax(axis=1) - edge) <= 1).all()
+    mirror = np.ascontiguousarray(photo[:, ::-1])
+    mirrored = refined_label_map(probs[:, ::-1], _grid_input(mirror, grid), mirror, height, width)[:, ::-1]
+    assert (np.abs(mirrored.argmax(axis=1) - edge) <= 1).all()
     flat = np.full_like(photo, 120)                                   # a photo with no edge moves nothing
-    unmoved = np.argmax(refine_probabilities(tf, probs, tf.constant(flat), grid).numpy(), -1)
+    unmoved = refined_label_map(probs, _grid_input(flat, grid), flat, height, width)
     assert (np.abs(unmoved.argmax(axis=1) - 26) <= 1).all()
+    # A guide of another size than the output is sampled at the output's pixels: the same edge, twice as far.
+    wide = refined_label_map(probs, _grid_input(photo, grid), photo, 2 * height, 2 * width)
+    assert (np.abs(wide.argmax(axis=1) - 2 * edge) <= 1).all()
 
 
 def test_refinement_keeps_a_thin_confident_class_that_shares_its_neighbours_colour():
     import tensorflow as tf
 
-    from faceseg.predict.parser import guided_filter, refine_probabilities
+    from faceseg.predict.labelmap import refined_label_map
+    from faceseg.predict.refine import guided_filter
 
     grid, side = 16, 64
     lip = np.zeros((grid, grid), np.float32)
     lip[:, 7:9] = 0.95                                                # a 2-column band, as an upper lip
-    probs = tf.constant(np.stack([1 - lip, lip], -1))
-    photo = tf.constant(np.full((side, side, 3), 150, np.uint8))      # lip and skin alike in colour
-    refined = np.argmax(refine_probabilities(tf, probs, photo, grid).numpy(), -1)
+    probs = np.stack([1 - lip, lip], -1)
+    photo = np.full((side, side, 3), 150, np.uint8)                   # lip and skin alike in colour
+    refined = refined_label_map(probs, _grid_input(photo, grid), photo, side, side)
     # Kept where the model left skin under REFINE_MIN_PROBABILITY (the middle 4 of the band's 8 pixels).
     assert (refined[:, 30:34] == 1).all() and (refined[:, :28] == 0).all() and (refined[:, 36:] == 0).all()
     # The filter alone averages the band away; the model's own probabilities keep it.
-    blended = guided_filter(tf, photo, probs, tf.constant([grid, grid]), 3, 1e-4)
+    blended = guided_filter(tf, tf.constant(_grid_input(photo, grid)), tf.constant(photo), tf.constant(probs))
     assert (np.argmax(blended.numpy(), -1) == 0).all()
 
 

@@ -86,10 +86,13 @@ class Predictor:
         ok = np.array([not e for e in batch["error"]], dtype=bool)
         ids = [np.zeros((0, 0), np.uint8)] * len(pixels)
         if ok.any():
-            probs = self.parser.probabilities(pixels[ok])
-            for j, i in enumerate(np.flatnonzero(ok)):
-                height, width = (int(v) for v in batch["target"][i])
-                ids[i] = self.parser.label_map(probs[j], height, width, None if guides is None else guides[i])
+            rows = np.flatnonzero(ok)
+            inputs = pixels[rows]
+            probs = self.parser.probabilities(inputs)
+            sizes = [tuple(int(v) for v in batch["target"][i]) for i in rows]
+            maps = self.parser.label_maps(probs, inputs, sizes, [None if guides is None else guides[i] for i in rows])
+            for i, label_map in zip(rows, maps):
+                ids[i] = label_map
         warm = self.ready_at is not None
         self.ready_at = self.ready_at or time.time()
         return {**batch, "ids": object_column(ids), "model_ready_at": np.full(len(pixels), self.ready_at),

@@ -128,7 +128,7 @@ def _service_class():
             pixels, (height, width), guide = item
             probs = await self.forward(pixels)
             # Each request's own label map on a thread of its own: while the next batch is in the network.
-            ids = await asyncio.to_thread(self.parser.label_map, probs, height, width, guide)
+            ids = await asyncio.to_thread(self.parser.label_map, probs, pixels, height, width, guide)
             if request.query_params.get("format", "png") == "json":
                 counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
                 return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
