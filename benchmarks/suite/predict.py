@@ -39,15 +39,16 @@ def _best_rate(fn, images: int, runs: int) -> float:
 def _stages(parser, datas: list[bytes]) -> dict:
     """Milliseconds a photo spends in each stage, each stage timed alone over every photo."""
     from faceseg.data.decode import decode_image, encode_png, resize_image
-    from faceseg.predict.parser import REFINE_ZOOM, guide_image
+    from faceseg.predict.parser import guide_image
+    from faceseg.predict.refine import REFINE_ZOOM
 
     decoded = [decode_image(np.frombuffer(d, np.uint8), "x", parser.size) for d in datas]
     detail = [decode_image(np.frombuffer(d, np.uint8), "x", parser.size * REFINE_ZOOM) for d in datas]
     pixels = np.stack([resize_image(image, parser.size) for image, _ in decoded])
     guides = [guide_image(image, *shape, parser.size) for (image, shape) in detail]
     probs = parser.probabilities(pixels)
-    maps = [parser.label_map(probs[i], *decoded[i][1], guides[i]) for i in range(len(datas))]
-    plain = [parser.label_map(probs[i], *decoded[i][1]) for i in range(len(datas))]
+    maps = [parser.label_map(probs[i], pixels[i], *decoded[i][1], guides[i]) for i in range(len(datas))]
+    plain = [parser.label_map(probs[i], pixels[i], *decoded[i][1]) for i in range(len(datas))]
     n = len(datas)
 
     def ms(fn):
@@ -61,9 +62,10 @@ def _stages(parser, datas: list[bytes]) -> dict:
                                                               *decode_image(np.frombuffer(d, np.uint8), "x",
                                                                             parser.size)[1], parser.size)
                                                   for d in datas]),
-        "network_ms": ms(lambda: [parser.probabilities(pixels[i:i + BATCH]).numpy() for i in range(0, n, BATCH)]),
-        "refined_label_map_ms": ms(lambda: [parser.label_map(probs[i], *decoded[i][1], guides[i]) for i in range(n)]),
-        "plain_resize_to_photo_ms": ms(lambda: [parser.label_map(probs[i], *decoded[i][1]) for i in range(n)]),
+        "network_ms": ms(lambda: [parser.probabilities(pixels[i:i + BATCH]) for i in range(0, n, BATCH)]),
+        "refined_label_map_ms": ms(lambda: [parser.label_map(probs[i], pixels[i], *decoded[i][1], guides[i])
+                                            for i in range(n)]),
+        "plain_resize_to_photo_ms": ms(lambda: [parser.label_map(probs[i], pixels[i], *decoded[i][1]) for i in range(n)]),
         "png_encode_ms": ms(lambda: [encode_png("x", label) for label in maps]),
         "refined_differs_from_plain": float(np.mean([(a != b).mean() for a, b in zip(maps, plain)])),
     }
