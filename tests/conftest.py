@@ -62,16 +62,28 @@ def tiny_config(cache: Path, epochs: int = 2, **train) -> dict:
 
 @pytest.fixture(scope="session")
 def trained_run(cache_dir, tmp_path_factory) -> Path:
-    """A real 2-worker Ray Train run, shared by the training, prediction and serving tests."""
+    """A real 2-worker Ray Train run, shared by the training, prediction and serving tests. It runs as a user
+    runs it, `faceseg train` in a shell of its own (its own Ray runtime), so that test_logs can read its
+    console (train_console) instead of paying for a second run."""
     import yaml
 
-    from faceseg.cli import main
+    from support import run_faceseg
 
     folder = tmp_path_factory.mktemp("runs")
     config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=4)))
-    assert main(["train", "--config", str(config), "--output", str(folder / "r1")]) == 0
+    done = run_faceseg("train", "--config", config, "--output", folder / "r1")
+    (folder / CONSOLE).write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     return folder / "r1"
+
+
+CONSOLE = "train-console.log"
+
+
+def train_console(run: Path) -> str:
+    """What the user's shell showed while trained_run trained."""
+    return (run.parent / CONSOLE).read_text()
 
 
 @pytest.fixture

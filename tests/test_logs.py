@@ -1,13 +1,12 @@
 """A user's console: by default only faceseg's own lines (what it does, the epoch table, the summary), none of
 TensorFlow's C++ logging, CUDA probing, absl, Ray Data's progress bars or deprecation warnings; --verbose shows
-everything. Each run is a `faceseg train` subprocess in a user's shell, its own Ray runtime and workers."""
+everything. The training console is trained_run's (conftest.py): `faceseg train` in a user's shell, its own Ray
+runtime and workers."""
 import re
 
 import pytest
-import yaml
 
-from conftest import tiny_config
-from support import run_faceseg
+from conftest import train_console
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
 
@@ -26,16 +25,12 @@ def foreign_lines(log: str) -> list[str]:
     return lines
 
 
-def test_a_users_console_shows_faceseg_s_lines_only_and_the_table_once(cache_dir, tmp_path):
-    config = tmp_path / "c.yaml"
-    config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=2)))
-    done = run_faceseg("train", "--config", config, "--output", tmp_path / "run")
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log[-4000:]
+def test_a_users_console_shows_faceseg_s_lines_only_and_the_table_once(trained_run):
+    log = train_console(trained_run)             # `faceseg train`, 2 workers, 4 epochs, in a user's shell
     assert foreign_lines(log) == [], "\n".join(foreign_lines(log))
     assert len(re.findall(r"epoch\s+loss\s+val_loss", log)) == 1, log[-4000:]
     rows = re.findall(r"RayTrainWorker pid=\d+\)\S*\s+(\d+)\s+-?\d+\.\d{4}\s", log)
-    assert rows == ["1", "2"], log[-4000:]
+    assert rows == ["1", "2", "3", "4"], log[-4000:]
 
 
 QUIET_IMPORT = "import faceseg.backend; print(faceseg.backend.tf.constant(2) * 3)"

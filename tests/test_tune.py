@@ -68,11 +68,12 @@ def test_asha_stops_the_weak_trials_early(cache_dir, tmp_path):
         "data": {"cache": str(cache_dir)},
         "base": {"model": {"depth": 3, "base_filters": 8, "dropout": 0.0, "batch_norm_momentum": 0.9},
                  "train": {"epochs": 2, "batch_size": 4}, "scaling": {"num_workers": 1}},
-        # A strong rate first, then two that cannot learn, then another strong one. ASHA's only rung is
-        # epoch 1 (its last, epoch 2, ends every trial anyway): each weak trial falls below what the trials
-        # before it reached there, the last strong one above the median of three. Pixel accuracy, because
-        # after one epoch of a tiny model F1 "overall" (eyes, brows, nose, mouth) can still be 0 for any rate.
-        "space": {"train.learning_rate": {"grid": [5e-3, 1e-7, 2e-7, 4e-3]}},
+        # A strong rate first, then one that cannot learn, then another strong one. ASHA's only rung is
+        # epoch 1 (its last, epoch 2, ends every trial anyway): the weak trial falls below what the strong
+        # one before it reached there, the last strong one above the median of the two before it. Pixel
+        # accuracy, because after one epoch of a tiny model F1 "overall" (eyes, brows, nose, mouth) can still
+        # be 0 for any rate.
+        "space": {"train.learning_rate": {"grid": [5e-3, 1e-7, 4e-3]}},
         "objective": {"metric": "val_pixel_accuracy", "mode": "max"},
         "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2, "max_t": 2},
         "num_samples": 1, "max_concurrent_trials": 1,
@@ -81,8 +82,7 @@ def test_asha_stops_the_weak_trials_early(cache_dir, tmp_path):
     assert main(["tune", "--config", str(tmp_path / "s.yaml"), "--output", str(tmp_path / "sweep")]) == 0
     results = pd.read_csv(tmp_path / "sweep" / "results.csv").set_index("train.learning_rate")
     assert list(results.loc[[5e-3, 4e-3], "status"]) == ["ok", "ok"]
-    assert (results.loc[[1e-7, 2e-7], "status"] == "stopped early").all()
-    assert (results.loc[[1e-7, 2e-7], "epochs"] == 1).all()
+    assert results.loc[1e-7, "status"] == "stopped early" and results.loc[1e-7, "epochs"] == 1
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(ray_runtime, cache_dir, tmp_path):
