@@ -1,9 +1,10 @@
 """The one Ray Data pipeline of `faceseg predict`, for a folder of images and for a video alike:
 
-    rows --from_items--> load [CPU tasks] --> Predictor [actors, GPUs optional] --> write [CPU tasks] --> driver
+    rows --from_items--> load --> Predictor [actors, GPUs optional] --> write [CPU tasks] --> driver
 
-`load` and `write` are the stages of predict/stages.py for images or for frames; the driver reads the
-small result rows (errors, confusion matrices, timings) as they come.
+`load` and `write` are the stages of predict/stages.py for images or for frames. Ray Data fuses `load` into
+the model actor's calls (the decoded pixels and guides never leave the process), CALLS_PER_ACTOR of them at
+once. The driver reads the small result rows (errors, confusion matrices, timings) as they come.
 """
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ import numpy as np
 from faceseg.model.saved import ModelInfo
 from faceseg.predict.stages import Predictor
 from faceseg.runtime import Needs, verbose
+
+
+# Ray Data fuses `load` into the model actor's calls: several calls at once let batches decode and get their
+# label maps while another is in the network, instead of the cores waiting on each step in turn. An actor
+# then holds up to this many batches (--batch-size) at once.
+CALLS_PER_ACTOR = 4
 
 
 def prediction_needs(concurrency: int, num_gpus: float) -> Needs:
@@ -34,9 +41,11 @@ def run_pipeline(rows: list[dict], model: ModelInfo, refine: bool, *, load: Call
     # Ray Data's progress bars belong on a terminal; in a log file they are lines of escape codes.
     dataset.context.enable_progress_bars = sys.stderr.isatty() or verbose()
     dataset = dataset.map_batches(load, fn_kwargs=load_kwargs, batch_size=rows_per_load)
+    actors = ray.data.ActorPoolStrategy(size=concurrency, max_concurrent_calls_per_actor=CALLS_PER_ACTOR,
+                                        enable_true_multi_threading=True)
     dataset = dataset.map_batches(Predictor, fn_constructor_kwargs={"model": str(model.location),
                                                                     "sha256": model.sha256, "refine": refine},
-                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=concurrency),
+                                  batch_size=batch_size, compute=actors,
                                   num_gpus=num_gpus or None, num_cpus=None if num_gpus else cpu_share)
     dataset = dataset.map_batches(write, batch_size=batch_size, fn_kwargs=write_kwargs)
     yield from dataset.iter_batches(batch_size=None, batch_format="numpy")

@@ -6,8 +6,8 @@
     GET  /healthz                                    ->  {"status": "ok", "model", "classes"}
 
 Each replica decodes a request on a thread (OpenCV releases the GIL) and hands the model's input to a
-Serve batch (`@serve.batch`): concurrent requests share one forward pass, then each one's probabilities
-are refined and resized to its own size on its own thread, while the next batch runs, the same code path
+Serve batch (`@serve.batch`): concurrent requests share one forward pass, up to BATCHES passes at once, then
+each one's probabilities are refined and resized to its own size on its own thread, the same code path
 as FaceParser and `faceseg predict`.
 Bad requests get a 4xx and a message; the replica keeps serving.
 
@@ -34,6 +34,9 @@ from faceseg.serve import MAX_BATCH_SIZE
 MAX_BODY_BYTES = 16 << 20
 BODY_TIMEOUT_S = 15.0         # to receive a whole body
 DECODES = 2                   # images decoded at once per replica
+# Batches in the network at once: while one waits on TensorFlow's threads, the others' requests decode and
+# get their label maps, so the cores stay busy (benchmarks/results: the serve suite).
+BATCHES = 4
 MAX_ONGOING = 64              # requests a replica admits at once: bodies arriving, decoding, in a batch
 IMAGE_TYPES = ("image/", "application/octet-stream")
 DEPLOYMENT = "FaceParsingService"
@@ -85,7 +88,7 @@ def _service_class():
             self.forward.set_max_batch_size(max_batch_size)
             self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01)
+        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01, max_concurrent_batches=BATCHES)
         async def forward(self, pixels: list[np.ndarray]) -> list:
             """The network, for every request that arrived together: each one's probabilities."""
             probs = await asyncio.to_thread(self.parser.probabilities, np.stack(pixels))
