@@ -24,7 +24,7 @@ SIZES = {  # (quick, full)
     "train_images": (320, 400), "train_epochs": (3, 4), "train_px": ((128,), (128, 256)), "train_pair_runs": (1, 3),
     "memory_images": ((500, 2000), (2000, 8000)), "predict_images": (32, 256), "predict_runs": (3, 3),
     "ingest_images": (1024, 4096), "ingest_epochs": (4, 5), "ingest_px": ((256,), (128, 256)),
-    "stage_images": (40, 100), "serve_requests": (64, 256), "serve_seconds": (60, 180),
+    "stage_images": (40, 100), "serve_requests": (64, 1024), "serve_seconds": (60, 180),
 }
 
 
