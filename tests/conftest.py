@@ -15,6 +15,7 @@ import pytest
 import faceseg  # noqa: F401  (TF_USE_LEGACY_KERAS before any test imports TensorFlow)
 
 TEST_SIZE = 32          # px: the tiny models' grid
+CONSOLE = "train-console.log"     # beside trained_run's folder: what its `faceseg train` printed
 
 
 @pytest.fixture(scope="session")
@@ -73,12 +74,10 @@ def trained_run(cache_dir, tmp_path_factory) -> Path:
     config = folder / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_config(cache_dir, epochs=4)))
     done = run_faceseg("train", "--config", config, "--output", folder / "r1")
-    (folder / CONSOLE).write_text(done.stdout + done.stderr)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    console = done.stdout + done.stderr
+    (folder / CONSOLE).write_text(console)
+    assert done.returncode == 0, console[-4000:]
     return folder / "r1"
-
-
-CONSOLE = "train-console.log"
 
 
 def train_console(run: Path) -> str:

@@ -1,6 +1,6 @@
 """`faceseg predict`: the batch-prediction job over a folder of images, a data set of any layout, or a video.
 
-  samples --> load (decode + resize as training did; the ground truth, if any)     [fused into the actors]
+  samples --> load (decode + resize as training did; the ground truth, if any)     [CPU tasks or in the actors]
           --> Predictor (a FaceParser per actor)                                    [actors, GPUs optional]
           --> write (PNG, overlay, per-image confusion matrix against the truth)    [CPU tasks]
           --> the driver sums the confusion matrices into report.json

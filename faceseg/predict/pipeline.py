@@ -2,9 +2,11 @@
 
     rows --from_items--> load --> Predictor [actors, GPUs optional] --> write [CPU tasks] --> driver
 
-`load` and `write` are the stages of predict/stages.py for images or for frames. Ray Data fuses `load` into
-the model actor's calls (the decoded pixels and guides never leave the process), CALLS_PER_ACTOR of them at
-once. The driver reads the small result rows (errors, confusion matrices, timings) as they come.
+`load` and `write` are the stages of predict/stages.py for images or for frames. Where the actors ask for the
+CPUs a load task does (the usual CPU run), Ray Data fuses `load` into the model actor's calls, so the decoded
+pixels and guides never leave the process; otherwise (GPUs, a fractional CPU share) load runs as CPU tasks.
+An actor runs CALLS_PER_ACTOR calls at once. The driver reads the small result rows (errors, confusion
+matrices, timings) as they come.
 """
 from __future__ import annotations
 
@@ -19,9 +21,9 @@ from faceseg.predict.stages import Predictor
 from faceseg.runtime import Needs, verbose
 
 
-# Ray Data fuses `load` into the model actor's calls: several calls at once let batches decode and get their
-# label maps while another is in the network, instead of the cores waiting on each step in turn. An actor
-# then holds up to this many batches (--batch-size) at once.
+# Several calls at once let batches decode (when `load` is fused into the actor) and get their label maps
+# while another is in the network, instead of the cores waiting on each step in turn. An actor then holds up
+# to this many batches (--batch-size) at once.
 CALLS_PER_ACTOR = 4
 
 

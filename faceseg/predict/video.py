@@ -1,6 +1,6 @@
 """`faceseg predict --input clip.mp4`: every frame of a video through the batch job's pipeline.
 
-  blocks of frame numbers --> load_frames (open the video, seek, decode batch_size frames)   [fused into the actors]
+  blocks of frame numbers --> load_frames (open the video, seek, decode batch_size frames)   [CPU tasks or in the actors]
                           --> Predictor (the same FaceParser actors as for images)          [actors]
                           --> write_frames (label PNG and overlay frame per video frame)     [CPU tasks]
   then the driver joins the overlay frames, in order, into OUT/overlay.mp4.
