@@ -157,6 +157,17 @@ def test_serve_config_file_is_a_valid_serve_deployment():
     assert app.import_path == "faceseg.serve.app:build_app" and "model" in app.args
 
 
+def test_serve_config_args_are_the_ones_build_app_takes():
+    from faceseg.errors import FacesegError
+    from faceseg.serve.app import build_app
+
+    args = yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text())["applications"][0]["args"]
+    build_app({**args, "model": "fasseg"})                # the file's args, with a model this machine has
+    for extra in ({"batch_wait_timeout_s": 0.01}, {"max_batch": 8}):
+        with pytest.raises(FacesegError, match=next(iter(extra))):
+            build_app({**args, "model": "fasseg", **extra})
+
+
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
 

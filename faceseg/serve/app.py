@@ -6,9 +6,9 @@
     GET  /healthz                                    ->  {"status": "ok", "model", "classes"}
 
 Each replica decodes a request on a thread (OpenCV releases the GIL) and hands the model's input to a
-Serve batch (`@serve.batch`): concurrent requests share one forward pass, up to BATCHES passes at once, then
-each one's probabilities are refined and resized to its own size on its own thread, the same code path
-as FaceParser and `faceseg predict`.
+Batcher (faceseg/serve/batching.py): requests that wait while the network is busy share its next forward
+pass, up to PASSES passes at once; then each one's probabilities are refined and resized to its own size
+and encoded on its own thread, the same code path as FaceParser and `faceseg predict`.
 Bad requests get a 4xx and a message; the replica keeps serving.
 
 Bounded work per request (docs/security.md): a body is read as it arrives, up to MAX_BODY_BYTES (chunked
@@ -30,13 +30,14 @@ from faceseg.data.decode import BadFileError, encode_png
 from faceseg.errors import FacesegError
 from faceseg.runtime import Needs, connect
 from faceseg.serve import MAX_BATCH_SIZE
+from faceseg.serve.batching import Batcher
 
 MAX_BODY_BYTES = 16 << 20
 BODY_TIMEOUT_S = 15.0         # to receive a whole body
 DECODES = 2                   # images decoded at once per replica
-# Batches in the network at once: while one waits on TensorFlow's threads, the others' requests decode and
-# get their label maps, so the cores stay busy (benchmarks/results: the serve suite).
-BATCHES = 4
+# Forward passes at once: two keep the network busy while a pass's inputs are stacked and its outputs handed
+# back; more would split the waiting requests into smaller batches (benchmarks/results: the serve suite).
+PASSES = 2
 MAX_ONGOING = 64              # requests a replica admits at once: bodies arriving, decoding, in a batch
 IMAGE_TYPES = ("image/", "application/octet-stream")
 DEPLOYMENT = "FaceParsingService"
@@ -74,7 +75,7 @@ def _service_class():
 
     @serve.deployment(name=DEPLOYMENT)
     class FaceParsingService:
-        def __init__(self, model: str, max_batch_size: int = MAX_BATCH_SIZE, batch_wait_timeout_s: float = 0.01):
+        def __init__(self, model: str, max_batch_size: int = MAX_BATCH_SIZE):
             from faceseg.backend import quiet_tensorflow
             from faceseg.predict.parser import FaceParser
             from faceseg.runtime import keep_freed_memory
@@ -85,18 +86,19 @@ def _service_class():
             self.parser = FaceParser.load(model)
             self.model = str(self.parser.info.location)
             self.metrics = self.parser.info.meta.get("metrics", {})
-            self.forward.set_max_batch_size(max_batch_size)
-            self.forward.set_batch_wait_timeout_s(batch_wait_timeout_s)
+            self.forward = Batcher(self._forward, max_batch_size, PASSES)
 
-        @serve.batch(max_batch_size=MAX_BATCH_SIZE, batch_wait_timeout_s=0.01, max_concurrent_batches=BATCHES)
-        async def forward(self, pixels: list[np.ndarray]) -> list:
-            """The network, for every request that arrived together: each one's probabilities."""
+        async def _forward(self, pixels: list[np.ndarray]) -> list:
+            """The network, for every request of a batch: each one's probabilities."""
             probs = await asyncio.to_thread(self.parser.probabilities, np.stack(pixels))
-            return [probs[i] for i in range(len(pixels))]
+            return list(probs)
 
         def _read(self, body: bytes):
             pixels, (height, width), rgb = self.parser.read(body)
             return pixels, (height, width), self.parser.guide(rgb, height, width)
+
+        def _png(self, probs, pixels, height: int, width: int, guide) -> bytes:
+            return encode_png("response", self.parser.label_map(probs, pixels, height, width, guide))
 
         def _error(self, status: int, message: str) -> JSONResponse:
             return JSONResponse({"error": message}, status_code=status)
@@ -131,23 +133,23 @@ def _service_class():
             pixels, (height, width), guide = item
             probs = await self.forward(pixels)
             # Each request's own label map on a thread of its own: while the next batch is in the network.
+            if request.query_params.get("format", "png") != "json":
+                png = await asyncio.to_thread(self._png, probs, pixels, height, width, guide)
+                return Response(png, media_type="image/png",
+                                headers={"X-Faceseg-Classes": json.dumps(list(self.parser.classes))})
             ids = await asyncio.to_thread(self.parser.label_map, probs, pixels, height, width, guide)
-            if request.query_params.get("format", "png") == "json":
-                counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
-                return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
-                                     "pixel_share": {name: round(float(share), 6)
-                                                     for name, share in zip(self.parser.classes, counts)},
-                                     "model": self.model, "metrics": self.metrics})
-            png = await asyncio.to_thread(encode_png, "response", ids)      # off the event loop
-            return Response(png, media_type="image/png",
-                            headers={"X-Faceseg-Classes": json.dumps(list(self.parser.classes))})
+            counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
+            return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),
+                                 "pixel_share": {name: round(float(share), 6)
+                                                 for name, share in zip(self.parser.classes, counts)},
+                                 "model": self.model, "metrics": self.metrics})
 
     return FaceParsingService
 
 
 def build_app(args: dict):
-    """A Serve application from a config file's `args`: model (required), max_batch_size,
-    batch_wait_timeout_s, replicas, num_gpus, num_cpus."""
+    """A Serve application from a config file's `args`: model (required), max_batch_size, replicas, num_gpus,
+    num_cpus."""
     from faceseg.model.saved import inspect_model
 
     args = dict(args)
@@ -157,9 +159,13 @@ def build_app(args: dict):
                            "file or URI")
     inspect_model(model)                     # refuse an unsafe or missing model before any replica starts
     replicas, gpus, cpus = int(args.pop("replicas", 1)), float(args.pop("num_gpus", 0)), float(args.pop("num_cpus", 1))
-    unknown = set(args) - {"max_batch_size", "batch_wait_timeout_s"}
+    if "batch_wait_timeout_s" in args:
+        raise FacesegError("faceseg Serve takes no batch_wait_timeout_s: a batch starts as soon as the network is "
+                           "free, with every request waiting then; remove it from the config's args")
+    unknown = set(args) - {"max_batch_size"}
     if unknown:
-        raise FacesegError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}")
+        raise FacesegError(f"unknown faceseg Serve argument(s): {', '.join(sorted(unknown))}; known: model, "
+                           "max_batch_size, replicas, num_gpus, num_cpus")
     options = {"num_cpus": cpus, **({"num_gpus": gpus} if gpus else {})}
     # Serve lets 5 requests into a replica at a time by default: batches could never fill. Requests waiting
     # for their bodies or a decode slot are cheap (bounded above), and /healthz must find a slot among them.
