@@ -86,6 +86,7 @@ def _service_class():
             self.parser = FaceParser.load(model)
             self.model = str(self.parser.info.location)
             self.metrics = self.parser.info.meta.get("metrics", {})
+            self.png_headers = {"X-Faceseg-Classes": json.dumps(list(self.parser.classes))}
             self.forward = Batcher(self._forward, max_batch_size, PASSES)
 
         async def _forward(self, pixels: list[np.ndarray]) -> list:
@@ -135,8 +136,7 @@ def _service_class():
             # Each request's own label map on a thread of its own: while the next batch is in the network.
             if request.query_params.get("format", "png") != "json":
                 png = await asyncio.to_thread(self._png, probs, pixels, height, width, guide)
-                return Response(png, media_type="image/png",
-                                headers={"X-Faceseg-Classes": json.dumps(list(self.parser.classes))})
+                return Response(png, media_type="image/png", headers=self.png_headers)
             ids = await asyncio.to_thread(self.parser.label_map, probs, pixels, height, width, guide)
             counts = np.bincount(ids.reshape(-1), minlength=len(self.parser.classes)) / ids.size
             return JSONResponse({"classes": list(self.parser.classes), "size": list(ids.shape),

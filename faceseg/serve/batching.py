@@ -2,8 +2,9 @@
 request waiting then (up to a maximum).
 
 Serve's `@serve.batch` (Ray 2.60) forms a batch every `batch_wait_timeout_s` whether or not a pass is free to
-run it, so under load the passes queue up small batches, and a lone request always waits out the timeout. Here a batch forms only when a pass is free: a lone request goes
-straight into the network, and the requests that arrive while every pass is busy share the next one.
+run it, so under load the passes queue up small batches, and a lone request always waits out the timeout.
+Here a batch forms only when a pass is free: a lone request goes straight into the network, and the requests
+that arrive while every pass is busy share the next one.
 """
 from __future__ import annotations
 
