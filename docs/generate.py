@@ -88,18 +88,19 @@ def finetune() -> str:
 
 def benchmark_ratios() -> str:
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from suite import GOALS
+    from suite import GOALS, met
 
     report = _json("full")
     lines = [f"`python benchmarks/run.py`, {report['machine']['cpus']} CPU cores; each benchmark's date is when it "
              "last ran (`--only` re-runs some):", "",
-             "| ratio (same run, same machine) | measured | goal | benchmark, date |", "|---|---|---|---|"]
+             "| ratio (same run, same machine) | measured | goal | met | benchmark, date |", "|---|---|---|---|---|"]
     for bench, result in report.items():
         if not isinstance(result, dict) or "ratios" not in result or bench == "ratios":
             continue
         for name, value in result["ratios"].items():
             op, goal = GOALS.get(name, ("", "–"))
-            lines.append(f"| {name} | {value:.3g} | {op} {goal} | {bench}, {result['measured'][:10]} |")
+            lines.append(f"| {name} | {value:.4g} | {op} {goal} | {met(name, value)} | {bench}, "
+                         f"{result['measured'][:10]} |")
     return "\n".join(lines) + "\n"
 
 
