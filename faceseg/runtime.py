@@ -173,7 +173,7 @@ def _start_local(reserved_cpus: float) -> None:
     look their cluster up as "auto", which fails when another Ray runs on this machine."""
     import ray
 
-    port = _free_port()
+    port = free_port()
     saved = os.environ.get(GCS_PORT_ENV)
     os.environ[GCS_PORT_ENV] = str(port)
     try:
@@ -198,9 +198,9 @@ def _with_address(runtime_env: dict, address: str) -> dict:
                                         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
         return probe.getsockname()[1]
 
 

@@ -28,7 +28,7 @@ import numpy as np
 
 from faceseg.data.decode import BadFileError, encode_png
 from faceseg.errors import FacesegError
-from faceseg.runtime import Needs, connect
+from faceseg.runtime import Needs, connect, free_port
 from faceseg.serve import MAX_BATCH_SIZE
 from faceseg.serve.batching import Batcher
 
@@ -174,22 +174,65 @@ def build_app(args: dict):
                                     max_ongoing_requests=ongoing).bind(model=str(model), **args)
 
 
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        raise FacesegError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port "
+                           "(or --host)") from None
+
+
+def answer_on_the_replica(port: int) -> dict:
+    """Ray Serve's throughput-optimized mode with its one replica listening on `port` itself ("direct
+    ingress"), for the processes of a runtime about to start: requests skip the proxy's extra hop and actor
+    calls, which cost about as much as the work at small sizes (benchmarks/results: the serve suite). The
+    replica and proxy have no load balancer in front, so they drain for 1 s on shutdown, not 30."""
+    return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),      # exclusive: exactly `port`
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1"}
+
+
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, num_gpus: float = 0.0,
           max_batch_size: int = MAX_BATCH_SIZE, address: str | None = None, block: bool = True) -> str:
-    """Deploy the model on Ray Serve at http://host:port/; returns that URL (blocks until Ctrl-C if `block`)."""
+    """Deploy the model on Ray Serve at http://host:port/; returns that URL (blocks until Ctrl-C if `block`).
+
+    One replica on a runtime this call starts answers on host:port itself (answer_on_the_replica); otherwise
+    (a cluster, a runtime already running, several replicas) Serve's proxy listens there and routes to them."""
+    import os
+
+    import ray
+
     from faceseg.model.saved import inspect_model
 
     if replicas < 1 or max_batch_size < 1 or num_gpus < 0 or not 0 < port < 65536:
         raise FacesegError("--replicas and --max-batch-size must be >= 1, --num-gpus >= 0, --port 1..65535")
     inspect_model(model)
+    local = not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS"))
+    direct = local and replicas == 1
+    if local:
+        _check_port_free(host, port)
+    if direct:
+        os.environ.update(answer_on_the_replica(port))       # before Ray starts: its processes inherit them
     share = connect(address, Needs(cpus=0.0 if num_gpus else replicas, gpus=replicas * num_gpus,
                                    what=f"{replicas} Serve replica(s)", flags="--replicas / --num-gpus"))
+    import logging
+
     from ray import serve as ray_serve
 
-    ray_serve.start(http_options={"host": host, "port": port})
+    from faceseg.logs import verbose
+
+    # Serve's INFO lines name the proxy's address, which is not the one to use with direct ingress.
+    quiet = None if verbose() else {"log_level": "WARNING"}
+    logging.getLogger("ray.serve").setLevel(logging.INFO if verbose() else logging.WARNING)
+    # With direct ingress the proxy still runs (Serve opens the replica's port only then), on a free port.
+    ray_serve.start(http_options={"host": host, "port": free_port(host) if direct else port}, logging_config=quiet)
     app = build_app({"model": model, "replicas": replicas, "num_gpus": num_gpus,
                      "num_cpus": 0.01 if num_gpus else share, "max_batch_size": max_batch_size})
-    ray_serve.run(app, name="faceseg", route_prefix="/")
+    ray_serve.run(app, name="faceseg", route_prefix="/", logging_config=quiet)
     url = f"http://{host}:{port}"
     print(f"serving {model} at {url}/parse ({replicas} replica(s)); health: {url}/healthz", flush=True)
     if block:
