@@ -5,14 +5,17 @@
     python benchmarks/run.py --only serve stages    # re-measure some, keep the others of that mode
 
 Writes benchmarks/results/{full,quick}.json and the .md generated from it. One module per benchmark in
-benchmarks/suite/; methodology in benchmarks/README.md.
+benchmarks/suite/, each run in a process and Ray runtime of its own (what one leaves behind in a runtime,
+idle workers and object-store pages, slowed the next); methodology in benchmarks/README.md.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,13 +31,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", nargs="*", choices=BENCHMARKS)
     parser.add_argument("--work", default=str(ROOT / "work"))
+    parser.add_argument("--suite", choices=BENCHMARKS, help=argparse.SUPPRESS)     # one suite, in this process
+    parser.add_argument("--into", help=argparse.SUPPRESS)                          # ... its JSON written here
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-
-    from faceseg.runtime import Needs, connect
-
-    connect(needs=Needs(cpus=2))
+    if args.suite:
+        return run_one(args.suite, work, args.quick, Path(args.into))
     results = ROOT / "results"
     mode = "quick" if args.quick else "full"
     earlier = results / f"{mode}.json"
@@ -43,7 +46,11 @@ def main() -> int:
     for name in args.only or BENCHMARKS:
         start = time.perf_counter()
         print(f"=== {name}", flush=True)
-        report[name] = importlib.import_module(f"suite.{name}").run(work, args.quick)
+        with tempfile.TemporaryDirectory() as scratch:
+            into = Path(scratch) / "result.json"
+            subprocess.run([sys.executable, __file__, "--suite", name, "--into", str(into), "--work", str(work)]
+                           + ["--quick"] * args.quick, check=True)
+            report[name] = json.loads(into.read_text())
         report[name]["seconds"] = time.perf_counter() - start
         report[name]["measured"] = time.strftime("%Y-%m-%d %H:%M:%S")
         print(json.dumps(report[name], indent=1), flush=True)
@@ -52,6 +59,16 @@ def main() -> int:
     (results / f"{mode}.json").write_text(json.dumps(report, indent=2))
     (results / f"{mode}.md").write_text(markdown(report))
     print(markdown(report))
+    return 0
+
+
+def run_one(name: str, work: Path, quick: bool, into: Path) -> int:
+    """One suite on a fresh runtime: the serve suite's `faceseg serve` starts its own, as a user's does."""
+    if name != "serve":
+        from faceseg.runtime import Needs, connect
+
+        connect(needs=Needs(cpus=2))
+    into.write_text(json.dumps(importlib.import_module(f"suite.{name}").run(work, quick)))
     return 0
 
 

@@ -54,8 +54,9 @@ def _load(url: str, bodies: list[bytes], concurrency: int, requests_total: int, 
 
 
 def run(work: Path, quick: bool) -> dict:
-    """Requests/s and latency of `faceseg serve` with the shipped model (1 replica, Serve batches of up to 8,
-    edge refinement on) at concurrency 1, 8 and 32, against FaceParser called in-process on the same encoded
+    """Requests/s and latency of `faceseg serve` with the shipped model (1 replica on the runtime `serve`
+    starts, answering on its own port: faceseg.serve.app.answer_on_the_replica; batches of up to 8, edge
+    refinement on) at concurrency 1, 8 and 32, against FaceParser called in-process on the same encoded
     photos in batches of 8: FASSEG's committed photos, their long side 128 and 512 px."""
     import socket
 
