@@ -47,3 +47,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listener_of(port: int) -> tuple[int, str] | None:
+    """The process listening on TCP `port` of this machine, as (pid, name), from /proc (its socket's inode,
+    then the process holding it); None when none is."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:      # 0A: LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    for fd in Path("/proc").glob("[0-9]*/fd/*"):
+        try:
+            if inodes and os.readlink(fd) in inodes:
+                return int(fd.parents[1].name), (fd.parents[1] / "comm").read_text().strip()
+        except OSError:
+            continue
+    return None

@@ -4,7 +4,13 @@ gives on committed real photos."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -13,7 +19,7 @@ import pytest
 import requests
 
 from faceseg.cli import main
-from support import free_port
+from support import cli_env, free_port, listener_of, run_faceseg
 
 pytestmark = pytest.mark.usefixtures("ray_runtime")
 SAMPLE = Path(__file__).parent / "data" / "fasseg-sample"      # 12 of FASSEG's photos, the model trained on them
@@ -87,20 +93,59 @@ def test_predict_and_export_by_name(parser, tmp_path):
     assert (tmp_path / "fasseg.classes.txt").read_text().split() == list(parser.classes)
 
 
-def test_serve_by_name(parser):
-    from ray import serve as ray_serve
+def _answers(url: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=10).status_code == 200:
+                return True
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    return False
 
-    from faceseg.api import serve
 
-    url = serve("fasseg", port=free_port(), block=False)
+def test_serve_by_name_from_the_command_line(parser):
+    """`faceseg serve --model fasseg` as a user starts it: on a runtime of its own, its one replica answers on
+    --port itself (Serve's throughput-optimized mode), with FaceParser's label maps; a taken port is refused
+    before anything starts; a killed replica's successor answers on the same port; SIGTERM stops it and frees
+    the port. (The proxy's path, on a runtime already running, is tests/test_parser_serve_export.py's.)"""
+    port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        refused = run_faceseg("serve", "--model", "fasseg", "--port", port, timeout=120)
+    assert refused.returncode != 0 and f"cannot listen on 127.0.0.1:{port}" in refused.stderr, refused.stderr
+    server = subprocess.Popen([sys.executable, "-m", "faceseg", "serve", "--model", "fasseg", "--port", str(port)],
+                              env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
     try:
+        console = []
+        for line in server.stdout:               # the test's timeout bounds this loop
+            console.append(line)
+            if line.startswith("serving fasseg at"):
+                break
+        assert f"at http://127.0.0.1:{port}/parse" in console[-1], "".join(console)
+        replica, name = listener_of(port)
+        assert name.startswith("ray::ServeRepl")                          # no proxy between client and replica
+        url = f"http://127.0.0.1:{port}"
+        os.kill(replica, signal.SIGKILL)                                  # Serve starts another on the same port
+        assert _answers(f"{url}/healthz", within=100), "no replica came back on the port"
+        assert requests.get(f"{url}/healthz", timeout=60).json()["classes"] == list(parser.classes)
         photo = sorted((SAMPLE / "images").glob("*.jpg"))[1]
         reply = requests.post(f"{url}/parse", data=photo.read_bytes(), headers={"Content-Type": "image/jpeg"},
                               timeout=120)
         assert reply.status_code == 200
         assert (cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_UNCHANGED) == parser(photo)).all()
+        assert requests.post(f"{url}/parse", data=b"no image", timeout=60).status_code == 400
+        server.send_signal(signal.SIGTERM)
+        rest, _ = server.communicate(timeout=90)
+        assert server.returncode == 0 and rest.rstrip().endswith("stopped"), rest
+        assert listener_of(port) is None
     finally:
-        ray_serve.shutdown()
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def test_the_shipped_model_still_gives_its_recorded_figures_on_committed_photos(tmp_path):

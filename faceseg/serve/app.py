@@ -16,6 +16,8 @@ or not) and within BODY_TIMEOUT_S, else 413 or 408; at most DECODES images are d
 bounded by the bytes its decode takes (faceseg/data/decode.py); a replica admits MAX_ONGOING requests,
 so slow clients hold slots for BODY_TIMEOUT_S at most and /healthz, which reads no body, still answers.
 
+`serve()` with one replica on a runtime it starts lets the replica answer on the port itself (Serve's
+throughput-optimized mode, answer_on_the_replica); otherwise Serve's proxy listens there (docs/serving.md).
 Also deployable from a Serve config file: `serve deploy cluster/serve.yaml` (import_path
 faceseg.serve.app:build_app).
 """
@@ -189,11 +191,13 @@ def answer_on_the_replica(port: int) -> dict:
     """Ray Serve's throughput-optimized mode with its one replica listening on `port` itself ("direct
     ingress"), for the processes of a runtime about to start: requests skip the proxy's extra hop and actor
     calls, which cost about as much as the work at small sizes (benchmarks/results: the serve suite). The
-    replica and proxy have no load balancer in front, so they drain for 1 s on shutdown, not 30."""
+    replica and proxy have no load balancer in front, so they drain for 1 s on shutdown, not 30, and a replica
+    that dies gets the port back at once (Serve holds a freed port out of use for HAProxy's sake)."""
     return {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),      # exclusive: exactly `port`
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1"}
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1", "RAY_SERVE_PROXY_MIN_DRAINING_PERIOD_S": "1",
+            "RAY_SERVE_PORT_QUARANTINE_S": "0"}
 
 
 def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, num_gpus: float = 0.0,
