@@ -198,9 +198,10 @@ def _with_address(runtime_env: dict, address: str) -> dict:
                                         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}}
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = "127.0.0.1", port: int = 0) -> int:
+    """A port on `host` that nothing listens on: `port` itself (OSError when it is taken), or with 0 any."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.bind((host, 0))
+        probe.bind((host, port))
         return probe.getsockname()[1]
 
 

@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from faceseg import runtime
+
 BIN = Path(sys.executable).parent
 # Ray rewrites 127.0.0.1 (and localhost) to the machine's network address, for nodes and for the GCS
 # address they join, unless multi-node clusters are switched off. 127.0.0.2 is loopback too, and Ray
@@ -24,9 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))                 # free on every address, 127.0.0.2 included
-        return s.getsockname()[1]
+    return runtime.free_port("")        # free on every address, 127.0.0.2 included
 
 
 def user_env(**extra: str) -> dict:

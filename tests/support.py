@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from faceseg.runtime import free_port as free_port      # the tests' servers' ports too
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -41,12 +43,6 @@ def pngs(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob("*.png") if "overlays" not in p.parts)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listener_of(port: int) -> tuple[int, str] | None:

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
 
 import numpy as np
 
 from faceseg.data.decode import BadFileError, encode_png
 from faceseg.errors import FacesegError
+from faceseg.logs import verbose
 from faceseg.runtime import Needs, connect, free_port
 from faceseg.serve import MAX_BATCH_SIZE
 from faceseg.serve.batching import Batcher
@@ -177,11 +180,8 @@ def build_app(args: dict):
 
 
 def _check_port_free(host: str, port: int) -> None:
-    import socket
-
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.bind((host, port))
+        free_port(host, port)
     except OSError as error:
         raise FacesegError(f"cannot listen on {host}:{port}: {error.strerror or error}; choose another --port "
                            "(or --host)") from None
@@ -206,8 +206,6 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: in
 
     One replica on a runtime this call starts answers on host:port itself (answer_on_the_replica); otherwise
     (a cluster, a runtime already running, several replicas) Serve's proxy listens there and routes to them."""
-    import os
-
     import ray
 
     from faceseg.model.saved import inspect_model
@@ -223,11 +221,7 @@ def serve(model: str, *, host: str = "127.0.0.1", port: int = 8000, replicas: in
         os.environ.update(answer_on_the_replica(port))       # before Ray starts: its processes inherit them
     share = connect(address, Needs(cpus=0.0 if num_gpus else replicas, gpus=replicas * num_gpus,
                                    what=f"{replicas} Serve replica(s)", flags="--replicas / --num-gpus"))
-    import logging
-
     from ray import serve as ray_serve
-
-    from faceseg.logs import verbose
 
     # Serve's INFO lines name the proxy's address, which is not the one to use with direct ingress.
     quiet = None if verbose() else {"log_level": "WARNING"}
